@@ -1,0 +1,48 @@
+"""cotviz: see inside Contextual Transformer Networks (CoTNet).
+
+Public API (imported lazily, so ``import cotviz`` and ``cotviz --help`` do not wait for torch)::
+
+    import cotviz
+    model = cotviz.create_model("cotnet50", weights="cotnet50.pth.tar")
+    with cotviz.capture(model, stages=[3]) as cap:
+        model(x)
+    cap["stage3.block1"].attention        # (B, 1, C/8, 9, H, W)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from cotviz._version import __version__
+
+__all__ = [
+    "__version__",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+    "capture",
+    "CotvizError",
+]
+
+_LAZY: dict[str, str] = {
+    "create_model": "cotviz.models.registry",
+    "list_models": "cotviz.models.registry",
+    "load_checkpoint": "cotviz.models.checkpoint",
+    "capture": "cotviz.capture",
+    "CotvizError": "cotviz.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'cotviz' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,10 @@
+"""Model zoo: the registry, the ResNet skeleton, the variants and checkpoint loading."""
+
+from cotviz.models.configs import PaperResult, PretrainedCfg
+from cotviz.models.registry import create_model, list_models, model_entry, register_model, resolve_name
+from cotviz.models.resnet import Bottleneck, CoTResNet, FeatureInfo, HybridRouting
+
+__all__ = [
+    "Bottleneck", "CoTResNet", "FeatureInfo", "HybridRouting", "PaperResult", "PretrainedCfg",
+    "create_model", "list_models", "model_entry", "register_model", "resolve_name",
+]

@@ -1,0 +1,57 @@
+"""Per-variant metadata: preprocessing of the pretrained weights and the published results.
+
+Values are those declared by the official model files (``default_cfg``) and the official README
+results table (JDAI-CV/CoTNet, snapshot 895e024), as recorded in ``../shared/reference/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PaperResult", "PretrainedCfg"]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """How the official weights expect their input (timm ``default_cfg`` fields)."""
+
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    pool_size: tuple[int, int] = (7, 7)
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    num_classes: int = 1000
+    first_conv: str = "conv1"
+    classifier: str = "fc"
+
+    @property
+    def image_size(self) -> int:
+        """Square input side in pixels."""
+        return self.input_size[-1]
+
+    def with_size(self, size: int) -> PretrainedCfg:
+        """The same config at another square input size (pool size follows the stride 32)."""
+        return replace(self, input_size=(self.input_size[0], size, size), pool_size=(size // 32, size // 32))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PaperResult:
+    """A row of the official README table: ImageNet-1k val accuracy of the released checkpoint."""
+
+    name: str
+    resolution: int
+    params: str
+    gflops: str  # the README's "FLOPs" column; it is GMACs from the authors' counter
+    top1: float
+    top5: float
+    googledrive: str
+    baidu: str
+    baidu_access_code: str = "cotn"

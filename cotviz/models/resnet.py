@@ -1,0 +1,326 @@
+"""The ResNet skeleton every cotviz network is built on, with a pluggable 3x3 slot.
+
+Reproduces both official network classes of JDAI-CV/CoTNet with one skeleton:
+
+- ``models/resnet.py:ResNet`` + ``models/cotnet.py:Bottleneck`` (CoTNet, CoTNeXt): 7x7 stem, max-pool,
+  ``downsample.{0,1}`` = 1x1 conv (stride) + BN, and for a strided block an ``AvgPool2d(3, 2, 1)``
+  (``avd``) BEFORE the stride-1 CoT layer. No BN after the CoT layer (it ends in its own fusion).
+- ``models/cotnet_hybrid.py:CoTHybridNet`` + ``CoTBottleneck`` (SE-CoTNetD): deep stem
+  (``conv1.{0,1,3,4,6}``), NO max-pool (``layer1`` has stride 2 instead), average-pool shortcut
+  (``downsample.{1,2}``; index 0 is the parameter-free pool), CoT or split-attention (SE) per block
+  by width/index routing, and for 152/200/270 a ``BlurPool2d`` AFTER the stride-1 operator.
+
+The operator in ``conv2`` is chosen by name (:func:`cotviz.layers.create_spatial_layer`), so the same
+skeleton hosts CoT, CoXt, split attention, plain conv or any later operator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cotviz.layers.blur import BlurPool2d
+from cotviz.layers.factory import create_spatial_layer, spatial_layer_supports_stride
+
+__all__ = ["Bottleneck", "CoTResNet", "FeatureInfo", "HybridRouting", "SpatialRouting", "get_act_layer"]
+
+DownsampleMode = Literal["op", "blur"]
+
+_ACTS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU, "gelu": nn.GELU}
+
+
+def get_act_layer(act: str | type[nn.Module]) -> type[nn.Module]:
+    """An activation class by name (``relu``, ``silu``/``swish``, ``gelu``) or the class itself."""
+    if isinstance(act, str):
+        try:
+            return _ACTS[act.lower()]
+        except KeyError:
+            raise ValueError(f"unknown activation {act!r}; choose one of {', '.join(sorted(_ACTS))}") from None
+    return act
+
+
+#: Chooses the spatial operator name of block ``block_idx`` (0-based) of stage ``stage`` (1..4), width ``width``.
+SpatialRouting = Callable[[int, int, int], str]
+
+
+@dataclass(frozen=True)
+class HybridRouting:
+    """SE-CoTNetD's per-block choice between CoT and split attention (official ``CoTBottleneck``).
+
+    A block of bottleneck width ``w`` is a split-attention (SE) block when ``w in conv_dim``, or when
+    ``w == c4_dim`` and its index in the stage is not in ``c4_idx``; otherwise it is a CoT block.
+    Official SE-CoTNetD: ``conv_dim={64, 128}`` (stages 1-2 all SE), ``c4_dim=256`` (stage 3 alternates,
+    CoT at even indices), stage 4 all CoT.
+    """
+
+    conv_dim: frozenset[int]
+    c4_dim: int
+    c4_idx: frozenset[int]
+    cot_layer: str = "cot"
+    other_layer: str = "split_attn"
+
+    def __call__(self, stage: int, block_idx: int, width: int) -> str:
+        if width in self.conv_dim or (width == self.c4_dim and block_idx not in self.c4_idx):
+            return self.other_layer
+        return self.cot_layer
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """A feature map a backbone user can take: channels, stride w.r.t. the input, and module path."""
+
+    num_chs: int
+    reduction: int
+    module: str
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (Huang et al. 2016); identity in eval mode."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck (expansion 4) whose 3x3 operator ``conv2`` is a named spatial layer.
+
+    ``conv1`` 1x1 -> ``bn1`` -> ``act1`` -> [``avd`` AvgPool(3, 2, 1) if the operator cannot stride]
+    -> ``conv2`` -> [``aa`` BlurPool if ``downsample_mode == "blur"``] -> ``conv3`` 1x1 -> ``bn3``
+    -> (+ shortcut) -> ``act3``. Width = floor(planes * base_width / 64) * cardinality.
+    (B, inplanes, H, W) -> (B, 4 planes, H/stride, W/stride).
+    """
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, *,
+                 spatial_layer: str = "cot", cardinality: int = 1, base_width: int = 64,
+                 act_layer: type[nn.Module] = nn.ReLU, spatial_act_layer: type[nn.Module] = nn.ReLU,
+                 downsample_mode: DownsampleMode = "op", drop_path: float = 0.0) -> None:
+        super().__init__()
+        width = int(math.floor(planes * (base_width / 64)) * cardinality)
+        outplanes = planes * self.expansion
+        self.spatial_layer = spatial_layer
+        self.width = width
+        self.stride = stride
+        op_strides = downsample_mode == "op" and spatial_layer_supports_stride(spatial_layer)
+        self.conv1 = nn.Conv2d(inplanes, width, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.act1 = act_layer(inplace=True)
+        self.avd = nn.AvgPool2d(3, 2, padding=1) if stride > 1 and downsample_mode == "op" and not op_strides else None
+        self.conv2 = create_spatial_layer(spatial_layer, width, stride=stride if op_strides else 1,
+                                          cardinality=cardinality, act_layer=spatial_act_layer)
+        self.aa = BlurPool2d(width, stride=stride) if stride > 1 and downsample_mode == "blur" else None
+        self.conv3 = nn.Conv2d(width, outplanes, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(outplanes)
+        self.act3 = act_layer(inplace=True)
+        self.downsample = downsample
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else None
+
+    def zero_init_last_bn(self) -> None:
+        nn.init.zeros_(self.bn3.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x
+        x = self.act1(self.bn1(self.conv1(x)))  # (B, width, H, W)
+        if self.avd is not None:
+            x = self.avd(x)  # (B, width, H/2, W/2)
+        x = self.conv2(x)
+        if self.aa is not None:
+            x = self.aa(x)
+        x = self.bn3(self.conv3(x))  # (B, 4 planes, H/s, W/s)
+        if self.drop_path is not None:
+            x = self.drop_path(x)
+        if self.downsample is not None:
+            shortcut = self.downsample(shortcut)
+        x += shortcut
+        return self.act3(x)
+
+
+def _downsample(inplanes: int, outplanes: int, stride: int, avg_down: bool) -> nn.Module:
+    """Projection shortcut: ``downsample.{0,1}`` (1x1 conv stride s + BN) or, with ``avg_down``,
+    ``downsample.{0,1,2}`` = AvgPool2d(2, s, ceil_mode, count_include_pad=False) (Identity at s=1) + 1x1 + BN."""
+    if not avg_down:
+        return nn.Sequential(nn.Conv2d(inplanes, outplanes, 1, stride=stride, bias=False), nn.BatchNorm2d(outplanes))
+    pool: nn.Module = (nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1
+                       else nn.Identity())
+    return nn.Sequential(pool, nn.Conv2d(inplanes, outplanes, 1, bias=False), nn.BatchNorm2d(outplanes))
+
+
+@dataclass
+class _StemSpec:
+    stem_type: str
+    stem_width: int
+    inplanes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inplanes = self.stem_width * 2 if "deep" in self.stem_type else 64
+
+
+class CoTResNet(nn.Module):
+    """ResNet-style network with a named spatial operator in every bottleneck.
+
+    Args (official constructor names):
+        layers: blocks per stage, e.g. ``[3, 4, 6, 3]``.
+        num_classes, in_chans: classifier outputs and input channels.
+        cardinality, base_width: bottleneck width = floor(planes * base_width / 64) * cardinality.
+        stem_width, stem_type: ``""`` (7x7 conv) or ``"deep"`` / ``"deep_tiered"`` (three 3x3 convs).
+        stem_pool: max-pool after the stem (CoTNet); without it ``layer1`` has stride 2 (SE-CoTNetD).
+        avg_down: average-pool projection shortcut (ResNet-D).
+        spatial_layer: operator name for every block, or a routing callable (stage, block_idx, width) -> name.
+        act_layer: stem and bottleneck activation; spatial_act_layer: activation inside split-attention convs.
+        downsample_mode: ``"op"`` (operator strides, or avg-pool before it) or ``"blur"`` (BlurPool after it).
+        drop_rate, drop_path_rate: classifier dropout and stochastic-depth rate.
+        zero_init_last_bn: zero the last BN of each block at init (official default).
+    """
+
+    def __init__(self, layers: Sequence[int], *, num_classes: int = 1000, in_chans: int = 3,
+                 cardinality: int = 1, base_width: int = 64, stem_width: int = 64, stem_type: str = "",
+                 stem_pool: bool = True, avg_down: bool = False,
+                 spatial_layer: str | SpatialRouting = "cot", act_layer: str | type[nn.Module] = "relu",
+                 spatial_act_layer: str | type[nn.Module] = "relu", downsample_mode: DownsampleMode = "op",
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, zero_init_last_bn: bool = True) -> None:
+        super().__init__()
+        if len(layers) != 4 or any(int(n) < 1 for n in layers):
+            raise ValueError(f"layers must be 4 positive block counts, got {list(layers)}")
+        if stem_type not in ("", "deep", "deep_tiered"):
+            raise ValueError(f"stem_type must be '', 'deep' or 'deep_tiered', got {stem_type!r}")
+        if downsample_mode not in ("op", "blur"):
+            raise ValueError(f"downsample_mode must be 'op' or 'blur', got {downsample_mode!r}")
+        act = get_act_layer(act_layer)
+        spatial_act = get_act_layer(spatial_act_layer)
+        route: SpatialRouting = (spatial_layer if callable(spatial_layer)
+                                 else (lambda stage, idx, width, _n=spatial_layer: _n))
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.layers = [int(n) for n in layers]
+
+        stem = _StemSpec(stem_type, stem_width)
+        inplanes = stem.inplanes
+        if "deep" in stem_type:
+            c1, c2 = (3 * (stem_width // 4), stem_width) if "tiered" in stem_type else (stem_width, stem_width)
+            self.conv1: nn.Module = nn.Sequential(
+                nn.Conv2d(in_chans, c1, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c1), act(inplace=True),
+                nn.Conv2d(c1, c2, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(c2), act(inplace=True),
+                nn.Conv2d(c2, inplanes, 3, stride=1, padding=1, bias=False),
+            )
+        else:
+            self.conv1 = nn.Conv2d(in_chans, inplanes, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(inplanes)
+        self.act1 = act(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem_pool else None
+        self.feature_info: list[FeatureInfo] = [FeatureInfo(inplanes, 2, "act1")]
+
+        net_blocks = sum(self.layers)
+        block_no = 0
+        for stage, (planes, depth) in enumerate(zip((64, 128, 256, 512), self.layers), start=1):
+            stride = 1 if (stage == 1 and stem_pool) else 2
+            outplanes = planes * Bottleneck.expansion
+            blocks = []
+            for idx in range(depth):
+                s = stride if idx == 0 else 1
+                down = _downsample(inplanes, outplanes, s, avg_down) if idx == 0 and (
+                    s != 1 or inplanes != outplanes) else None
+                width = int(math.floor(planes * (base_width / 64)) * cardinality)
+                dpr = drop_path_rate * block_no / max(net_blocks - 1, 1)
+                blocks.append(Bottleneck(
+                    inplanes, planes, s, down, spatial_layer=route(stage, idx, width), cardinality=cardinality,
+                    base_width=base_width, act_layer=act, spatial_act_layer=spatial_act,
+                    downsample_mode=downsample_mode, drop_path=dpr))
+                inplanes = outplanes
+                block_no += 1
+            self.add_module(f"layer{stage}", nn.Sequential(*blocks))
+            self.feature_info.append(FeatureInfo(outplanes, 2 ** (stage + 1), f"layer{stage}"))
+        self.num_features = inplanes
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inplanes, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights(zero_init_last_bn)
+
+    def _init_weights(self, zero_init_last_bn: bool) -> None:
+        """Official (timm ResNet) init: Kaiming-normal fan-out convs, BN 1/0, optional zero last BN."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_last_bn:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    m.zero_init_last_bn()
+
+    def stages(self) -> list[nn.Sequential]:
+        """``[layer1, layer2, layer3, layer4]`` (the paper's res2..res5)."""
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        """(B, in_chans, H, W) -> (B, inplanes, H/4, W/4) with max-pool, else (B, inplanes, H/2, W/2)."""
+        x = self.act1(self.bn1(self.conv1(x)))
+        return self.maxpool(x) if self.maxpool is not None else x
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, in_chans, H, W) -> last feature map (B, num_features, H/32, W/32), before pooling."""
+        x = self.forward_stem(x)
+        for stage in self.stages():
+            x = stage(x)
+        return x
+
+    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None) -> list[Tensor]:
+        """Feature maps at ``feature_info`` positions: 0 = stem (``act1``), 1..4 = ``layer1..layer4``.
+
+        ``indices``: the positions to return (default all five), or an int n for the last n.
+        Each map has ``feature_info[i].num_chs`` channels at stride ``feature_info[i].reduction``.
+        """
+        n = len(self.feature_info)
+        if indices is None:
+            wanted = list(range(n))
+        elif isinstance(indices, int):
+            wanted = list(range(n - indices, n))
+        else:
+            wanted = sorted({i % n if i < 0 else i for i in indices})
+        if not wanted or wanted[0] < 0 or wanted[-1] >= n:
+            raise ValueError(f"indices must lie in 0..{n - 1}, got {indices}")
+        out: list[Tensor] = []
+        x = self.act1(self.bn1(self.conv1(x)))
+        if 0 in wanted:
+            out.append(x)
+        if self.maxpool is not None:
+            x = self.maxpool(x)
+        for i, stage in enumerate(self.stages(), start=1):
+            if i > wanted[-1]:
+                break
+            x = stage(x)
+            if i in wanted:
+                out.append(x)
+        return out
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """(B, C, h, w) -> pooled (B, C) or logits (B, num_classes)."""
+        x = self.global_pool(x).flatten(1)
+        if self.drop_rate > 0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def describe(self) -> dict[str, Any]:
+        """Per-stage block counts and operator names (for tables)."""
+        return {f"layer{i}": [b.spatial_layer for b in s] for i, s in enumerate(self.stages(), start=1)}
+
