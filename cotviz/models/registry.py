@@ -42,7 +42,8 @@ _LOOKUP: dict[str, str] = {}  # normalised name or alias -> canonical name
 
 
 def _norm(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
+    """Lookup key: case, ``-`` and ``_`` do not matter (``SE-CoTNetD-50`` == ``se_cotnetd50``)."""
+    return name.strip().lower().replace("-", "").replace("_", "")
 
 
 def register_model(*, aliases: tuple[str, ...] = (), pretrained_cfg: PretrainedCfg | None = None,
@@ -55,7 +56,7 @@ def register_model(*, aliases: tuple[str, ...] = (), pretrained_cfg: PretrainedC
         entry = ModelEntry(name, fn, tuple(aliases), pretrained_cfg or PretrainedCfg(), paper, description, tags)
         for key in (name, *aliases):
             k = _norm(key)
-            if k in _LOOKUP:
+            if _LOOKUP.get(k, name) != name:
                 raise ValueError(f"model name or alias {key!r} is already registered (by {_LOOKUP[k]!r})")
             _LOOKUP[k] = name
         _ENTRIES[name] = entry

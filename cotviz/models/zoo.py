@@ -71,7 +71,7 @@ def _hybrid(default_layers: list[int], stem_width: int, blur: bool, **kwargs: An
     return CoTResNet(**args)
 
 
-@register_model(aliases=("cotnet_50",), pretrained_cfg=_CFG_224, tags=("cot",),
+@register_model(pretrained_cfg=_CFG_224, tags=("cot",),
                 paper=_paper("CoTNet-50", 224, "22.2M", "3.3", 81.3, 95.6, "1SR5ezIu7LN943zHaUh4mC0ehxBVMqtfv",
                              "1czr00SglgD8dNVK8jT1yLg"))
 def cotnet50(**kwargs: Any) -> nn.Module:
@@ -79,7 +79,7 @@ def cotnet50(**kwargs: Any) -> nn.Module:
     return _cotnet(**{"layers": [3, 4, 6, 3], **kwargs})
 
 
-@register_model(aliases=("cotnet_101",), pretrained_cfg=_CFG_224, tags=("cot",),
+@register_model(pretrained_cfg=_CFG_224, tags=("cot",),
                 paper=_paper("CoTNet-101", 224, "38.3M", "6.1", 82.8, 96.2, "11jExbPEg4Eq5PApisZyE5k-1CbRYnsQb",
                              "1Olpta0AV7N4OoiC8PB4BnA"))
 def cotnet101(**kwargs: Any) -> nn.Module:
@@ -87,7 +87,7 @@ def cotnet101(**kwargs: Any) -> nn.Module:
     return _cotnet(**{"layers": [3, 4, 23, 3], **kwargs})
 
 
-@register_model(aliases=("cotnext50", "cotnext_50"), pretrained_cfg=_CFG_224, tags=("cot", "coxt"),
+@register_model(aliases=("cotnext50",), pretrained_cfg=_CFG_224, tags=("cot", "coxt"),
                 paper=_paper("CoTNeXt-50", 224, "30.1M", "4.3", 82.1, 95.9, "1j6b5D3xcZ5L_bHiQV0WfqyOieqZLVOCv",
                              "1CeV9IH_P5N9yuO-wOpdGNw"))
 def cotnext50_2x48d(**kwargs: Any) -> nn.Module:
@@ -95,7 +95,7 @@ def cotnext50_2x48d(**kwargs: Any) -> nn.Module:
     return _cotnet(**{"layers": [3, 4, 6, 3], "cardinality": 2, "base_width": 48, **kwargs})
 
 
-@register_model(aliases=("cotnext101", "cotnext_101"), pretrained_cfg=_CFG_224, tags=("cot", "coxt"),
+@register_model(aliases=("cotnext101",), pretrained_cfg=_CFG_224, tags=("cot", "coxt"),
                 paper=_paper("CoTNeXt-101", 224, "53.4M", "8.2", 83.2, 96.4, "1des5wgkBDUscQAs8IYOmKCKKUA46QLfJ",
                              "1FM0QRZJee7uY7iKaEiUA-w"))
 def cotnext101_2x48d(**kwargs: Any) -> nn.Module:
@@ -147,13 +147,13 @@ def se_cotnetd_270(**kwargs: Any) -> nn.Module:
     return _hybrid([4, 29, 53, 4], 64, True, **kwargs)
 
 
-@register_model(aliases=("resnet_50",), pretrained_cfg=_CFG_224, tags=("baseline",))
+@register_model(pretrained_cfg=_CFG_224, tags=("baseline",))
 def resnet50(**kwargs: Any) -> nn.Module:
     """ResNet-50 baseline on the same skeleton (plain 3x3 conv + BN + ReLU in ``conv2``)."""
     return CoTResNet(**{"layers": [3, 4, 6, 3], "spatial_layer": "conv", **kwargs})
 
 
-@register_model(aliases=("resnet_101",), pretrained_cfg=_CFG_224, tags=("baseline",))
+@register_model(pretrained_cfg=_CFG_224, tags=("baseline",))
 def resnet101(**kwargs: Any) -> nn.Module:
     """ResNet-101 baseline on the same skeleton."""
     return CoTResNet(**{"layers": [3, 4, 23, 3], "spatial_layer": "conv", **kwargs})

@@ -1,0 +1,5 @@
+"""``python -m cotviz`` runs the command-line tool."""
+
+from cotviz.cli.app import main
+
+main()

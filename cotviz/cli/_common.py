@@ -1,0 +1,76 @@
+"""Helpers shared by the commands: error reporting, consoles, output formats."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from enum import Enum
+from typing import Any, TypeVar
+
+import typer
+
+__all__ = ["DEBUG", "OutputFormat", "console", "err_console", "fail", "handle_errors", "print_json"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Set by the ``--debug`` global option: show tracebacks instead of one-line errors.
+DEBUG = {"enabled": False}
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    markdown = "markdown"
+
+
+def console() -> Any:
+    """A rich console on stdout (created lazily)."""
+    from rich.console import Console
+
+    return Console()
+
+
+def err_console() -> Any:
+    """A rich console on stderr."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``error: message`` on stderr (one line) and return the ``typer.Exit`` to raise."""
+    print(f"error: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn domain errors into one stderr line and a non-zero exit (``--debug``: re-raise)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from cotviz.errors import CotvizError
+
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, BrokenPipeError):
+            raise
+        except CotvizError as err:
+            if DEBUG["enabled"]:
+                raise
+            raise fail(str(err), err.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+        except Exception as err:  # an unexpected failure still gets one line, traceback behind --debug
+            if DEBUG["enabled"]:
+                raise
+            raise fail(f"{type(err).__name__}: {err} (run with --debug for the traceback)") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output on stdout (plain ``print``: no rich markup or wrapping)."""
+    print(json.dumps(data, indent=2, default=str))

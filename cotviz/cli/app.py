@@ -1,0 +1,53 @@
+"""The ``cotviz`` Typer application. Commands live in one module each and register here."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cotviz._version import __version__
+from cotviz.cli import models as models_cmd
+from cotviz.cli import attention as attention_cmd
+from cotviz.cli._common import DEBUG
+
+app = typer.Typer(
+    name="cotviz",
+    help="See inside Contextual Transformer Networks (CoTNet): models, attention maps, comparisons, profiles.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"cotviz {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    """cotviz: analyse and visualise CoT attention."""
+    DEBUG["enabled"] = debug
+
+
+app.command("models")(models_cmd.models)
+app.command("attention")(attention_cmd.attention)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except BrokenPipeError:  # e.g. `cotviz models --json | head`: stop quietly (Python docs' recipe)
+        import os
+        import sys
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
