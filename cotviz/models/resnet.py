@@ -249,7 +249,11 @@ class CoTResNet(nn.Module):
         self._init_weights(zero_init_last_bn)
 
     def _init_weights(self, zero_init_last_bn: bool) -> None:
-        """Official (timm ResNet) init: Kaiming-normal fan-out convs, BN 1/0, optional zero last BN."""
+        """Official (timm ResNet) init: Kaiming-normal fan-out convs, BN 1/0, optional zero last BN.
+
+        Skipped on the meta device (shapes only: there are no values to initialise)."""
+        if self.fc.weight.is_meta if isinstance(self.fc, nn.Linear) else self.bn1.weight.is_meta:
+            return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
