@@ -252,7 +252,7 @@ class CoTResNet(nn.Module):
         """Official (timm ResNet) init: Kaiming-normal fan-out convs, BN 1/0, optional zero last BN.
 
         Skipped on the meta device (shapes only: there are no values to initialise)."""
-        if self.fc.weight.is_meta if isinstance(self.fc, nn.Linear) else self.bn1.weight.is_meta:
+        if self.bn1.weight.is_meta:
             return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
