@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,9 +121,9 @@ def create_model(name: str, *, weights: str | Path | None = None, seed: int | No
                 torch.manual_seed(seed)
                 model = entry.builder(**overrides)
     except TypeError as err:
-        if "unexpected keyword argument" in str(err):
-            bad = str(err).split("argument")[-1].strip()
-            raise InvalidArgumentError(f"{entry.name} does not take the argument {bad}") from None
+        match = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if match:
+            raise InvalidArgumentError(f"{entry.name} does not take the argument {match.group(1)!r}") from None
         raise
     except ValueError as err:
         raise InvalidArgumentError(f"{entry.name}: {err}") from None
