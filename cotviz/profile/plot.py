@@ -1,0 +1,72 @@
+"""The inference-time-vs-accuracy chart (object-oriented matplotlib, no pyplot state).
+
+x: median latency per batch measured on this machine (ms), with the interquartile range as error bar;
+y: published ImageNet-1k top-1 from the official README results table (github.com/JDAI-CV/CoTNet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cotviz.errors import OutputError
+from cotviz.profile.api import AccuracyPoint
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["check_figure_path", "plot_latency_vs_accuracy", "save_figure"]
+
+_FORMATS = (".png", ".svg", ".pdf")
+
+
+def plot_latency_vs_accuracy(points: Sequence[AccuracyPoint], *, title: str, ax: Axes | None = None) -> Figure:
+    """One labelled point per model; returns the Figure (the caller saves and closes it).
+
+    Args:
+        points: measured models with their published top-1.
+        title: says what was measured and where (device, threads, batch, dtype).
+        ax: draw into these axes (default: a new 7 x 4.5 inch Figure).
+    """
+    from matplotlib.figure import Figure
+
+    if not points:
+        raise OutputError("nothing to plot: none of the measured models has a published top-1 accuracy")
+    if ax is None:
+        fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = ax.get_figure()  # type: ignore[assignment]
+    for p in points:
+        err = [[max(p.latency_ms - p.q1_ms, 0.0)], [max(p.q3_ms - p.latency_ms, 0.0)]]
+        ax.errorbar([p.latency_ms], [p.top1], xerr=err, fmt="o", capsize=3, color="tab:blue")
+        ax.annotate(f"{p.paper_name} ({p.size}px)", (p.latency_ms, p.top1), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("median inference latency per batch on this machine (ms); bars: interquartile range")
+    ax.set_ylabel("ImageNet-1k top-1 (%), official README")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.margins(x=0.2, y=0.15)
+    return fig
+
+
+def check_figure_path(path: str | Path) -> Path:
+    """The path as a :class:`Path` if a figure can be saved there (suffix png/svg/pdf, existing directory)."""
+    out = Path(path)
+    if out.suffix.lower() not in _FORMATS:
+        raise OutputError(f"--plot {out}: unsupported format {out.suffix or '(none)'}; use {', '.join(_FORMATS)}")
+    if not out.parent.is_dir():
+        raise OutputError(f"--plot {out}: directory {out.parent} does not exist")
+    return out
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Save as PNG/SVG/PDF (by suffix); unwritable or unsupported paths raise one clear error."""
+    out = check_figure_path(path)
+    try:
+        fig.savefig(out, dpi=150)
+    except OSError as err:
+        raise OutputError(f"--plot {out}: cannot write ({err.strerror or err})") from None
+    return out

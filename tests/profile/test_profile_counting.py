@@ -1,0 +1,103 @@
+"""The counting pass itself: fast meta shapes == PyTorch's meta kernels, memory liveness, meta building."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from cotviz.models import create_model
+from cotviz.profile import build_meta_model, count_model
+from cotviz.profile.counting import CountResult, meta_init_skipped
+
+#: Small members of every model family: CoT (avg-pool before the operator), CoXt (stack), SE-CoTNetD-152
+#: (deep stem, split attention, avg-pool shortcut, BlurPool): together every op the zoo runs.
+TINY: dict[str, dict[str, Any]] = {
+    "cotnet50": {"layers": [1, 1, 1, 1], "base_width": 16, "num_classes": 10},
+    "cotnext50_2x48d": {"layers": [1, 1, 1, 1], "num_classes": 10},
+    "se_cotnetd_152": {"layers": [1, 1, 2, 1], "num_classes": 10},
+}
+
+
+def _signature(r: CountResult) -> tuple[Any, ...]:
+    return (r.ops, r.official, r.allocations, r.peak_bytes, r.peak_module, r.output_bytes, r.params)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_fast_meta_shapes_equal_pytorch_meta_kernels(name: str) -> None:
+    model = build_meta_model(name, **TINY[name])
+    fast = count_model(model, (2, 3, 72, 72), fast=True)  # 72: odd maps (9x9 -> 5x5 -> 3x3) test ceil modes
+    slow = count_model(model, (2, 3, 72, 72), fast=False)
+    assert fast.ops and _signature(fast) == _signature(slow)
+
+
+def test_meta_build_has_the_real_architecture() -> None:
+    """Skipping the random init on meta changes nothing but the (absent) values."""
+    meta = build_meta_model("se_cotnetd_152", **TINY["se_cotnetd_152"])
+    real = create_model("se_cotnetd_152", **TINY["se_cotnetd_152"])
+    assert [(k, v.shape, v.dtype) for k, v in meta.state_dict().items()] == \
+        [(k, v.shape, v.dtype) for k, v in real.state_dict().items()]
+    assert all(t.is_meta for t in [*meta.parameters(), *meta.buffers()])
+    assert not meta.training
+
+
+def test_meta_init_skip_leaves_real_tensors_alone() -> None:
+    with meta_init_skipped():
+        t = torch.empty(3)
+    assert t.is_meta
+    real = torch.zeros(3)
+    with meta_init_skipped():
+        real.fill_(2.0)  # not meta: the fill happens
+        nn.init.ones_(real)
+    assert torch.equal(real, torch.ones(3))
+
+
+class _Chain(nn.Module):
+    """conv (1->2) -> ReLU (out of place) -> conv (2->1); 4x4 input, float32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+        self.act = nn.ReLU()
+        self.b = nn.Conv2d(2, 1, 3, padding=1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(self.act(self.a(x)))
+
+
+def test_activation_memory_liveness_by_hand() -> None:
+    with meta_init_skipped():
+        m = _Chain()
+    r = count_model(m, (1, 1, 4, 4))
+    # input 16 floats = 64 B; a: (1, 2, 4, 4) = 128 B; act: 128 B; b: 64 B
+    assert r.input_bytes == 64 and r.output_bytes == 64
+    assert r.allocations == [("a", 128), ("act", 128), ("b", 64)]  # every op output (the input is not one)
+    # a's output is still referenced while act runs: 64 + 128 + 128; it dies before b allocates
+    assert r.peak_bytes == 64 + 128 + 128 == 320 and r.peak_module == "act"
+
+
+def test_inplace_relu_allocates_nothing() -> None:
+    with meta_init_skipped():
+        m = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.ReLU(inplace=True))
+    r = count_model(m, (1, 1, 4, 4))
+    assert r.allocations == [("0", 128)]
+    assert r.peak_bytes == 64 + 128
+
+
+def test_batch_scales_macs_and_memory_linearly() -> None:
+    model = build_meta_model("cotnext50_2x48d", **TINY["cotnext50_2x48d"])
+    one, three = count_model(model, (1, 3, 64, 64)), count_model(model, (3, 3, 64, 64))
+    assert sum(o.macs for o in three.ops) == 3 * sum(o.macs for o in one.ops)
+    assert sum(c.macs for c in three.official) == 3 * sum(c.macs for c in one.official)
+    assert sum(b for _, b in three.allocations) > 2.9 * sum(b for _, b in one.allocations)
+
+
+def test_half_precision_halves_activation_bytes() -> None:
+    f32 = count_model(build_meta_model("cotnet50", **TINY["cotnet50"]), (1, 3, 64, 64))
+    f16 = count_model(build_meta_model("cotnet50", dtype=torch.float16, **TINY["cotnet50"]), (1, 3, 64, 64))
+    assert f16.buffer_bytes < f32.buffer_bytes
+    assert f16.dtype == torch.float16
+    assert f16.input_bytes * 2 == f32.input_bytes and f16.output_bytes * 2 == f32.output_bytes
+    assert [o.macs for o in f16.ops] == [o.macs for o in f32.ops]
