@@ -6,6 +6,8 @@ model in markdown and tables.
 
 from __future__ import annotations
 
+import re
+
 import csv
 import io
 import json
@@ -205,21 +207,39 @@ def render_markdown(reports: Sequence[ProfileReport]) -> str:
 
 # ------------------------------------------------------------------------------------------- rich
 
+_BIG_INT = re.compile(r"^\d{1,3}(,\d{3}){2,}$")
+
+
+def _compact(cell: str) -> str:
+    """``"1,104,075,776"`` -> ``"1.104 G"`` (M = 1e6, G = 1e9) so terminal tables fit; exact values stay in
+    the json/csv/markdown formats."""
+    if not _BIG_INT.match(cell):
+        return cell
+    v = int(cell.replace(",", ""))
+    return f"{v / 1e9:.3f} G" if v >= 1e9 else f"{v / 1e6:.2f} M"
+
+
 def render_table(reports: Sequence[ProfileReport], console: Any) -> None:
     """Rich tables on ``console``: a full report, or an overview of several models."""
     from rich.table import Table
 
-    def table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> Any:
+    def table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1,
+              compact: bool = True) -> Any:
         t = Table(title=title, title_justify="left")
-        for i, h in enumerate(header):
-            t.add_column(h, justify="left" if i < left else "right", overflow="fold")
+        for i, h in enumerate(header):  # numbers never wrap mid-digit; text columns fold
+            if i == 0:
+                t.add_column(h, justify="left", no_wrap=True)
+            elif i < left:
+                t.add_column(h, justify="left", overflow="fold", min_width=10)
+            else:
+                t.add_column(h, justify="right", no_wrap=True)
         for row in rows:
-            t.add_row(*row)
+            t.add_row(*(c if i < left or not compact else _compact(c) for i, c in enumerate(row)))
         return t
 
     if len(reports) > 1:
         header, rows = _overview(reports)
-        console.print(table("cotviz profile (MACs; FLOPs = 2 x MACs)", header, rows, left=4))
+        console.print(table("cotviz profile (MACs; FLOPs = 2 x MACs)", header, rows, left=4, compact=False))
         console.print(f"[dim]{reports[0].notes[0]}[/dim]")
         return
     r = reports[0]

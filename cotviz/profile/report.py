@@ -249,14 +249,15 @@ def _notes(convention: str, by_kind: dict[str, dict[str, int]], totals: dict[str
         notes.append("convention 'complete': every aten op of the forward is counted (incl. GroupNorm, softmax, "
                      "cat/mean, fusion multiply-adds, residual adds, BlurPool, biases); the local aggregation "
                      "once, C*k*k*H*W MACs per sample.")
-        notes.append(f"the official counter (--convention official) gives {totals['official']:,} MACs, "
-                     f"{diff:+,} vs this count; by operator type: {', '.join(parts) or 'no difference'}.")
+        notes.append(f"the official counter (--convention official) gives {totals['official']:,} MACs; "
+                     f"this count minus the official one: {diff:+,} in all; by operator type: "
+                     f"{', '.join(parts) or 'no difference'}.")
     else:
         notes.append("convention 'official': the rules and quirks of JDAI-CV/CoTNet utils/flops_counter.py "
                      "(leaf modules only: Conv2d, BatchNorm2d, ReLU/SiLU/Sigmoid, pools, Linear without bias, "
                      "LocalConvolution with the CoXt double count); everything else is listed as uncounted.")
-        notes.append(f"the complete count (--convention complete) is {totals['complete']:,} MACs, {diff:+,} vs "
-                     f"this one; by operator type: {', '.join(parts) or 'no difference'}.")
+        notes.append(f"the complete count (--convention complete) is {totals['complete']:,} MACs; complete "
+                     f"minus official: {diff:+,} in all; by operator type: {', '.join(parts) or 'no difference'}.")
     if any(u.macs_complete is None for u in uncounted):
         notes.append("some ops have no counting rule; they are listed under 'uncounted' and not in the totals.")
     notes.append("activation memory: every tensor an op allocates in one eager inference forward on the meta "
