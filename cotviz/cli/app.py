@@ -8,6 +8,7 @@ import typer
 
 from cotviz._version import __version__
 from cotviz.cli import models as models_cmd
+from cotviz.cli import profile as profile_cmd
 from cotviz.cli import attention as attention_cmd
 from cotviz.cli._common import DEBUG
 
@@ -37,6 +38,7 @@ def _root(
 
 
 app.command("models")(models_cmd.models)
+app.command("profile")(profile_cmd.profile)
 app.command("attention")(attention_cmd.attention)
 
 

@@ -111,10 +111,10 @@ class CotLayer(nn.Module):
         v = self.conv1x1(x).view(b * g, c // g, h, w)  # (B*g, C/g, H, W)
         v = self.local_conv(v, attn).view(b, c, h, w)  # (B, C, H, W)
         v = self.dynamic_context(self.act(self.bn(v)))  # (B, C, H, W)
-        gap = (v + k).mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+        gap = v.mean((2, 3), keepdim=True) + k.mean((2, 3), keepdim=True)  # (B, C, 1, 1): mean of K2 + K1
         logits = self.se(gap).view(b, c, self.radix)  # (B, C, radix)
         a = self.fusion_weights(F.softmax(logits, dim=2))  # (B, C, 2): [dynamic, static]
-        out = v * a[:, :, 0, None, None] + k * a[:, :, 1, None, None]  # (B, C, H, W)
+        out = torch.addcmul(k * a[:, :, 1, None, None], v, a[:, :, 0, None, None])  # (B, C, H, W): a0 K2 + a1 K1
         return self.output(out)
 
 
