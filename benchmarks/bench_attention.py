@@ -1,0 +1,129 @@
+"""End-to-end cost of ``cotviz attention img.jpg --stage 3`` (cotnet50, CPU) against importing its libraries.
+
+Run: ``python benchmarks/bench_attention.py [--rounds 5] [--profile]``
+
+Interleaves, round by round (so load drifts hit all commands alike), fresh processes of
+
+* ``python -c "import torch, matplotlib, captum"``     the floor: the libraries the command stands on
+* ``python -c "import torch, matplotlib.figure, ..."``  what drawing really imports (``import matplotlib``
+                                                        alone loads only the package, not the figure stack)
+* ``cotviz attention img.jpg --stage 3 --out TMP``      the whole command (untrained cotnet50, 224 px)
+* ``cotviz attention img.jpg --stage 3 --gradcam ...``  with Grad-CAM (imports captum, one backward)
+* ``cotviz --help``                                      must stay under 0.5 s (no torch import)
+
+and prints medians of wall time and of the children's CPU time (less sensitive to other processes on a
+shared machine) with the ratio command / floor. Target: <= 1.5x (aim 1.3x). ``--profile`` adds an
+import-time breakdown (``-X importtime``) and a cProfile of one command run, top 15 by cumulative time.
+Not a test: nothing is asserted. ``img.jpg`` is examples/coffee.png re-encoded as JPEG (600 x 400).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET, AIM = 1.5, 1.3
+HELP_LIMIT = 0.5  # seconds
+
+
+def _cotviz() -> list[str]:
+    script = Path(sys.executable).parent / "cotviz"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cotviz"]
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, children's user+system CPU seconds) of one fresh process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--profile", action="store_true", help="also print an import-time and cProfile breakdown")
+    args = parser.parse_args()
+
+    from PIL import Image
+
+    tmp = Path(tempfile.mkdtemp(prefix="cotviz-bench-"))
+    try:
+        img = tmp / "img.jpg"
+        Image.open(REPO / "examples" / "coffee.png").convert("RGB").save(img, quality=92)
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        cv = _cotviz()
+        commands = {
+            "import torch, matplotlib, captum": [sys.executable, "-c", "import torch, matplotlib, captum"],
+            "import torch, matplotlib.figure (+Agg)": [sys.executable, "-c", "import torch, matplotlib.figure, "
+                                                       "matplotlib.backends.backend_agg"],
+            "cotviz attention img.jpg --stage 3": [*cv, "attention", str(img), "--stage", "3", "--out", str(tmp / "o")],
+            "  ... --gradcam": [*cv, "attention", str(img), "--stage", "3", "--gradcam", "--out", str(tmp / "g")],
+            "cotviz --help": [*cv, "--help"],
+        }
+        for cmd in commands.values():  # warm the file cache once
+            _run(cmd, env)
+        walls: dict[str, list[float]] = {k: [] for k in commands}
+        cpus: dict[str, list[float]] = {k: [] for k in commands}
+        for _ in range(args.rounds):
+            for name, cmd in commands.items():
+                w, c = _run(cmd, env)
+                walls[name].append(w)
+                cpus[name].append(c)
+        base_w = statistics.median(walls["import torch, matplotlib, captum"])
+        base_c = statistics.median(cpus["import torch, matplotlib, captum"])
+        print(f"cotviz attention benchmark: {args.rounds} interleaved rounds, fresh processes, "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        print(f"{'command':38s} {'wall (s)':>9s} {'ratio':>7s} {'CPU (s)':>9s} {'ratio':>7s}")
+        for name in commands:
+            mw, mc = statistics.median(walls[name]), statistics.median(cpus[name])
+            print(f"{name:38s} {mw:9.2f} {mw / base_w:6.2f}x {mc:9.2f} {mc / base_c:6.2f}x")
+        ratio = statistics.median(walls["cotviz attention img.jpg --stage 3"]) / base_w
+        verdict = "meets the aim" if ratio <= AIM else "meets the target" if ratio <= TARGET else "MISSES the target"
+        print(f"end-to-end / import floor = {ratio:.2f}x (target <= {TARGET}x, aim {AIM}x): {verdict}")
+        help_s = statistics.median(walls["cotviz --help"])
+        print(f"cotviz --help = {help_s:.2f} s ({'under' if help_s < HELP_LIMIT else 'OVER'} {HELP_LIMIT} s)")
+        if args.profile:
+            _profile(cv, img, tmp, env)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _profile(cv: list[str], img: Path, tmp: Path, env: dict[str, str]) -> None:
+    cmd = ["attention", str(img), "--stage", "3", "--out", str(tmp / "p")]
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "cotviz", *cmd], env=env,
+                          capture_output=True, text=True)
+    rows = []
+    for line in proc.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            _, cum, name = line[len("import time:"):].split("|")
+            if cum.strip().isdigit() and not name.startswith("  "):  # nested imports are indented further
+                rows.append((int(cum), name.strip()))
+    print("\ntop-level imports of the command (cumulative, ms):")
+    for cum, name in sorted(rows, reverse=True)[:8]:
+        print(f"  {cum / 1000:8.0f}  {name}")
+    prof = tmp / "prof.out"
+    subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "cotviz", *cmd], env=env,
+                   capture_output=True, check=True)
+    import pstats
+
+    print("\ncProfile of one run, top 15 by cumulative time:")
+    pstats.Stats(str(prof)).sort_stats("cumulative").print_stats(15)
+
+
+if __name__ == "__main__":
+    main()

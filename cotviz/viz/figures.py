@@ -1,0 +1,463 @@
+"""The ``cotviz attention`` figure: maps of one stage per block, aligned over the model input.
+
+Object-oriented matplotlib only (captum's ``use_pyplot=False`` style): every function builds on a
+``matplotlib.figure.Figure`` with an Agg canvas, takes ``ax=None`` where it draws one panel, and returns
+the Figure; the caller saves and closes it. No pyplot, no rcParams.
+
+Layout of :func:`attention_figure` (columns = blocks of the stage, rows = map types)::
+
+    [input as the model saw it]  | block 1 | block 2 | ... | colour bar (map 1, real units)
+    [Grad-CAM (optional)]        | ...                     | colour bar (map 2)
+    [rollout of --point (opt.)]  | k x k kernels of each head at the point's cell  | colour bar (A)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colorbar import Colorbar
+from matplotlib.colors import Normalize, TwoSlopeNorm
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from matplotlib.ticker import MaxNLocator
+
+from cotviz.analysis.maps import MAPS
+from cotviz.viz.overlay import axes_or_new, background, draw_heatmap, draw_input, mark_point, new_figure
+
+__all__ = [
+    "AttentionFigureData",
+    "GradCamView",
+    "PointView",
+    "Scale",
+    "attention_figure",
+    "kernel_mosaic",
+    "mosaic_columns",
+    "plot_kernels",
+    "plot_map",
+    "shared_norm",
+]
+
+Scale = Literal["shared", "per-panel"]
+
+_FONT = 7.0  # pt, panel text
+_TITLE = 8.0  # pt, column titles
+_PANEL = 1.5  # inches per panel side
+_KERNEL_CMAP = "RdBu_r"
+
+
+@dataclass(frozen=True)
+class GradCamView:
+    """Grad-CAM to draw: ``heat`` (S_h, S_w) on the model input, for class ``target`` at ``stage``."""
+
+    heat: np.ndarray
+    target: int
+    stage: int
+
+
+@dataclass(frozen=True)
+class PointView:
+    """What ``--point`` adds.
+
+    Attributes:
+        xy: the point in original-image pixels (as given).
+        uv: the same point in model-input coordinates (pixel centre).
+        cells: block name -> (row, col) of the feature cell under the point.
+        kernels: block name -> (M, K, K) raw attention A of every head at that cell (signed).
+        rollout: (H0, W0) rollout on the stage-input grid (normalised to sum 1).
+        rollout_stride: input pixels per stage-input cell.
+        rollout_block: the block the rollout starts from (its kernels and all before it are composed).
+    """
+
+    xy: tuple[int, int]
+    uv: tuple[float, float]
+    cells: Mapping[str, tuple[int, int]]
+    kernels: Mapping[str, np.ndarray]
+    rollout: np.ndarray
+    rollout_stride: int
+    rollout_block: str
+
+
+@dataclass(frozen=True)
+class AttentionFigureData:
+    """Everything :func:`attention_figure` draws for one image.
+
+    Attributes:
+        display: (S_h, S_w, 3) uint8, the pixels the model saw.
+        maps: map name -> block name -> (h, w) map (raw values, real units), in display order.
+        strides: block name -> input pixels per cell of that block's maps.
+        blocks: block names in column order (``"stage3.block1"``, ...).
+        model, weights: names for the title (``weights`` e.g. ``"cotnet50.pth.tar"`` or ``"random init"``).
+        stage, head, num_heads: what was selected (``head=None``: mean over heads / all channels).
+        source: the input file name; ``crop_box`` (left, top, right, bottom) in original pixels and
+            ``original_size`` (W, H), for the subtitle.
+    """
+
+    display: np.ndarray
+    maps: Mapping[str, Mapping[str, np.ndarray]]
+    strides: Mapping[str, int]
+    blocks: Sequence[str]
+    model: str
+    weights: str
+    stage: int
+    head: int | None
+    num_heads: int
+    source: str = ""
+    crop_box: tuple[float, float, float, float] | None = None
+    original_size: tuple[int, int] | None = None
+    gradcam: GradCamView | None = None
+    point: PointView | None = None
+    notes: Sequence[str] = field(default_factory=tuple)
+
+
+def shared_norm(arrays: Sequence[np.ndarray], *, symmetric: bool = False) -> Normalize:
+    """One colour scale over several arrays (min..max of their finite values; symmetric around 0 if asked)."""
+    finite = [a[np.isfinite(a)] for a in (np.asarray(x, dtype=np.float64) for x in arrays)]
+    values = np.concatenate([f.ravel() for f in finite]) if finite else np.zeros(1)
+    if values.size == 0:
+        values = np.zeros(1)
+    lo, hi = float(values.min()), float(values.max())
+    if symmetric:
+        m = max(abs(lo), abs(hi)) or 1.0
+        return TwoSlopeNorm(vcenter=0.0, vmin=-m, vmax=m)
+    if hi <= lo:  # a constant map: a small window around the value keeps the colour bar readable
+        pad = abs(lo) * 1e-3 or 1e-3
+        lo, hi = lo - pad, hi + pad
+    return Normalize(vmin=lo, vmax=hi)
+
+
+def mosaic_columns(num_heads: int) -> int:
+    """Kernels per mosaic row: ``ceil(sqrt(2 M))`` (a mosaic about twice as wide as tall; 8 for 32 heads)."""
+    return max(1, math.ceil(math.sqrt(2 * num_heads)))
+
+
+def kernel_mosaic(kernels: np.ndarray, per_row: int | None = None) -> np.ndarray:
+    """(M, K, K) -> one image of the M kernels, ``per_row`` per row, separated by 1-cell NaN gaps.
+
+    ``per_row`` defaults to :func:`mosaic_columns`.
+
+    Head ``h`` sits at mosaic row ``h // per_row``, column ``h % per_row`` (row-major). Shape:
+    ``(rows*(K+1) - 1, cols*(K+1) - 1)`` with ``cols = min(M, per_row)``, ``rows = ceil(M / per_row)``.
+    """
+    kernels = np.asarray(kernels, dtype=np.float64)
+    if kernels.ndim != 3 or kernels.shape[1] != kernels.shape[2]:
+        raise ValueError(f"kernels must be (M, K, K), got {kernels.shape}")
+    m, k, _ = kernels.shape
+    cols = max(1, min(m, per_row or mosaic_columns(m)))
+    rows = math.ceil(m / cols)
+    out = np.full((rows * (k + 1) - 1, cols * (k + 1) - 1), np.nan)
+    for h in range(m):
+        r, c = divmod(h, cols)
+        out[r * (k + 1): r * (k + 1) + k, c * (k + 1): c * (k + 1) + k] = kernels[h]
+    return out
+
+
+def plot_map(heat: np.ndarray, display: np.ndarray, *, stride: float, name: str | None = None,
+             ax: Axes | None = None, norm: Normalize | None = None, cmap: str | None = None,
+             colorbar: bool = True, alpha: float = 0.65) -> Figure:
+    """One (h, w) map over the (S_h, S_w, 3) model input; cell (i, j) over pixels ``[i*s, (i+1)*s)``.
+
+    ``name``: a :data:`cotviz.analysis.maps.MAPS` key (colour map, title and colour-bar units).
+    """
+    fig, ax = axes_or_new(ax)
+    spec = MAPS.get(name) if name else None
+    draw_input(ax, display, gray=True, dim=0.9)
+    im = draw_heatmap(ax, heat, stride=stride, cmap=cmap or (spec.cmap if spec else "inferno"),
+                      norm=norm or shared_norm([heat]), alpha=alpha, input_size=display.shape[:2])
+    if spec is not None:
+        ax.set_title(spec.label, fontsize=_TITLE)
+    if colorbar:
+        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+        _opaque(cb)
+        if spec is not None:
+            cb.set_label(spec.units, fontsize=_FONT)
+        cb.ax.tick_params(labelsize=_FONT)
+    return fig
+
+
+def plot_kernels(kernels: np.ndarray, *, ax: Axes | None = None, norm: Normalize | None = None,
+                 per_row: int | None = None, colorbar: bool = True) -> Figure:
+    """The k x k attention kernels of every head (M, K, K) as small multiples (see :func:`kernel_mosaic`).
+
+    Values are the raw, signed attention A (GroupNorm output); colours are symmetric around 0.
+    """
+    fig, ax = axes_or_new(ax)
+    mosaic = kernel_mosaic(kernels, per_row)
+    im = ax.imshow(np.ma.masked_invalid(mosaic), cmap=_KERNEL_CMAP, norm=norm or shared_norm([kernels], symmetric=True),
+                   interpolation="nearest", origin="upper")
+    ax.set_facecolor("white")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if colorbar:
+        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+        cb.set_label("A (GroupNorm output, signed)", fontsize=_FONT)
+        cb.ax.tick_params(labelsize=_FONT)
+    return fig
+
+
+def _fmt_box(box: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.1f}".rstrip("0").rstrip(".") for v in box) + ")"
+
+
+def _block_label(name: str) -> str:
+    return name.split(".")[-1].replace("block", "block ")
+
+
+def _row_colorbar(fig: Figure, cax: Axes, im: object, label: str) -> None:
+    cb = fig.colorbar(im, cax=cax)  # type: ignore[arg-type]
+    _opaque(cb)
+    cb.set_label(label, fontsize=_FONT)
+    cb.ax.tick_params(labelsize=_FONT)
+    cb.ax.yaxis.get_offset_text().set_fontsize(_FONT)
+
+
+def _inset_colorbar(fig: Figure, ax: Axes, im: object, label: str | None = None) -> None:
+    """A thin horizontal colour bar under ``ax`` (per-panel scales and the left column)."""
+    cax = ax.inset_axes((0.06, -0.11, 0.88, 0.055))
+    cb = fig.colorbar(im, cax=cax, orientation="horizontal")  # type: ignore[arg-type]
+    _opaque(cb)
+    cb.ax.tick_params(labelsize=_FONT - 1, length=2, pad=1)
+    cb.ax.xaxis.get_offset_text().set_fontsize(_FONT - 1)
+    cb.locator = MaxNLocator(nbins=3)
+    cb.update_ticks()
+    if label:
+        cb.set_label(label, fontsize=_FONT - 1, labelpad=1)
+
+
+def _opaque(cb: Colorbar) -> None:
+    """Colour bars show the colour map itself, not the translucent overlay colours."""
+    if cb.solids is not None:
+        cb.solids.set_alpha(1.0)
+
+
+def _wrap(segments: Sequence[str], width_in: float, fontsize: float, sep: str = " · ") -> list[str]:
+    """Join ``segments`` with ``sep`` into lines that fit ``width_in`` inches at ``fontsize`` points.
+
+    Width estimate: 0.6 em per character (DejaVu Sans averages ~0.55 em); a segment longer than a line is
+    wrapped at spaces.
+    """
+    import textwrap
+
+    max_chars = max(20, int(width_in * 72 / (0.6 * fontsize)))
+    lines: list[str] = []
+    current = ""
+    for seg in segments:
+        for piece in textwrap.wrap(seg, max_chars) or [""]:
+            candidate = f"{current}{sep}{piece}" if current else piece
+            if len(candidate) <= max_chars:
+                current = candidate
+            else:
+                lines.append(current)
+                current = piece
+    if current:
+        lines.append(current)
+    return lines
+
+
+def _title(data: AttentionFigureData, n_heads_label: str) -> list[list[str]]:
+    """The title as lines of segments (each line is wrapped separately)."""
+    line1 = [data.model, f"weights: {data.weights}", f"stage {data.stage} (layer{data.stage})", n_heads_label]
+    parts = [data.source] if data.source else []
+    s = data.display.shape
+    if data.crop_box is not None and data.original_size is not None:
+        parts.append(f"model input {s[1]}×{s[0]} px = box {_fmt_box(data.crop_box)} of the "
+                     f"{data.original_size[0]}×{data.original_size[1]} original")
+    if data.point is not None:
+        parts.append(f"point ({data.point.xy[0]}, {data.point.xy[1]})")
+    return [line1, parts] if parts else [line1]
+
+
+def _bare(ax: Axes, keep_ylabel: bool = False) -> None:
+    """No tick machinery on an image panel (drawing empty axes is a third of the render time)."""
+    ax.xaxis.set_visible(False)
+    if not keep_ylabel:
+        ax.yaxis.set_visible(False)
+
+
+def _wrap_label(label: str) -> str:
+    """Put a parenthetical part of a row label on its own line."""
+    head, sep, tail = label.partition(" (")
+    return f"{head}\n({tail}" if sep else label
+
+
+class _Layout:
+    """Axes rectangles of :func:`attention_figure`, computed in inches (no layout solver, no overlaps)."""
+
+    @staticmethod
+    def width_for(n_blocks: int, per_panel: bool) -> float:
+        """Figure width in inches for ``n_blocks`` columns."""
+        gap_h = 0.24 if per_panel else 0.08
+        return 0.25 + _PANEL + 0.62 + n_blocks * _PANEL + (n_blocks - 1) * gap_h + 0.1 + 0.12 + 0.8
+
+    def __init__(self, *, n_blocks: int, n_rows: int, kernel_aspect: float | None, n_left: int, per_panel: bool,
+                 n_notes: int, n_title: int = 2) -> None:
+        p = _PANEL
+        self.p = p
+        self.left_x = 0.25
+        self.grid_x = self.left_x + p + 0.62  # room for the row labels (two lines, rotated)
+        self.gap_h = 0.24 if per_panel else 0.08
+        self.cbar_x = self.grid_x + n_blocks * p + (n_blocks - 1) * self.gap_h + 0.1
+        self.width = self.cbar_x + 0.12 + 0.8
+        assert abs(self.width - self.width_for(n_blocks, per_panel)) < 1e-9
+        self.header = 0.3 + 0.16 * n_title + 0.22  # title lines + column titles
+        gap_v = 0.5 if per_panel else 0.22
+        self.rows: list[tuple[float, float]] = []  # (top, height) in inches from the figure top
+        y = self.header
+        for _ in range(n_rows):
+            self.rows.append((y, p))
+            y += p + gap_v
+        if kernel_aspect is not None:
+            y += 0.12  # the kernel titles
+            h = p * kernel_aspect
+            self.rows.append((y, h))
+            y += h + gap_v
+        grid_bottom = y - gap_v
+        self.left: list[tuple[float, float]] = []
+        y = self.header
+        for _ in range(n_left):
+            self.left.append((y, p))
+            y += p + 0.82  # two-line title of the next panel + the colour bar under this one
+        left_bottom = y - 0.82 + (0.45 if n_left > 1 else 0.0)
+        self.notes_y = max(grid_bottom, left_bottom) + 0.12
+        self.height = self.notes_y + 0.16 * n_notes + 0.1
+
+    def rect(self, x: float, top: float, w: float, h: float) -> tuple[float, float, float, float]:
+        """Figure-fraction rectangle (left, bottom, width, height) of a box given in inches from the top left."""
+        return (x / self.width, 1.0 - (top + h) / self.height, w / self.width, h / self.height)
+
+    def block(self, row: int, col: int) -> tuple[float, float, float, float]:
+        top, h = self.rows[row]
+        return self.rect(self.grid_x + col * (self.p + self.gap_h), top, self.p, h)
+
+    def cbar(self, row: int) -> tuple[float, float, float, float]:
+        top, h = self.rows[row]
+        return self.rect(self.cbar_x, top, 0.12, h)
+
+    def left_panel(self, i: int) -> tuple[float, float, float, float]:
+        top, h = self.left[i]
+        return self.rect(self.left_x, top, self.p, h)
+
+
+def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi: float = 100) -> Figure:
+    """The figure of one image (see the module docstring); returns the Figure (Agg canvas attached).
+
+    ``scale="shared"``: one colour scale per map type across the blocks (one colour bar per row, in the
+    map's units); ``"per-panel"``: each panel scaled to its own range with its own colour bar.
+    """
+    if scale not in ("shared", "per-panel"):
+        raise ValueError(f"scale must be 'shared' or 'per-panel', got {scale!r}")
+    names = list(data.maps)
+    blocks = list(data.blocks)
+    per_panel = scale == "per-panel"
+    left_items = ["input"] + (["gradcam"] if data.gradcam is not None else []) + (
+        ["rollout"] if data.point is not None else [])
+    kernel_aspect = None
+    if data.point is not None and data.point.kernels:
+        mosaic = kernel_mosaic(np.asarray(next(iter(data.point.kernels.values()))))
+        kernel_aspect = mosaic.shape[0] / mosaic.shape[1]
+    n_blocks = max(1, len(blocks))
+    text_width = _Layout.width_for(n_blocks, per_panel) - 0.4
+    head_label = (f"head {data.head} of {data.num_heads}" if data.head is not None
+                  else f"mean over {data.num_heads} heads (attention maps), all channels (context maps)")
+    title = [ln for segs in _title(data, head_label) for ln in _wrap(segs, text_width, _TITLE)]
+    notes = [ln for note in data.notes for ln in _wrap([note], text_width, _FONT - 0.5)]
+    lay = _Layout(n_blocks=n_blocks, n_rows=len(names), kernel_aspect=kernel_aspect, n_left=len(left_items),
+                  per_panel=per_panel, n_notes=len(notes), n_title=len(title))
+    fig = new_figure((lay.width, lay.height), dpi=dpi)
+    fig.text(0.5, 1.0 - 0.1 / lay.height, "\n".join(title), fontsize=_TITLE, ha="center", va="top")
+    display = data.display
+    size = display.shape[:2]
+    uv = data.point.uv if data.point is not None else None
+    side_px = int(round(_PANEL * dpi))  # a panel's side on screen: shrink the backgrounds once, to that
+    bg = background(display, gray=True, dim=0.9, max_side=side_px)
+    dark = background(display, gray=True, dim=0.5, max_side=side_px)
+    colour = background(display, max_side=side_px)
+
+    im: AxesImage | None = None
+    # --- left column
+    for r, item in enumerate(left_items):
+        ax = fig.add_axes(lay.left_panel(r))
+        if item == "input":
+            draw_input(ax, colour, size=size)
+            ax.set_title("input as the model saw it", fontsize=_TITLE)
+        elif item == "gradcam" and data.gradcam is not None:
+            draw_input(ax, bg, size=size)
+            im = draw_heatmap(ax, data.gradcam.heat, stride=1, cmap="jet", norm=shared_norm([data.gradcam.heat]),
+                              alpha=0.5, interpolation="bilinear", input_size=size)
+            ax.set_title(f"Grad-CAM of class {data.gradcam.target}\n(layer{data.gradcam.stage}, bilinear)",
+                         fontsize=_FONT)
+            _inset_colorbar(fig, ax, im, "ReLU(Σ_c α_c F_c), a.u.")
+        elif item == "rollout" and data.point is not None:
+            draw_input(ax, bg, size=size)
+            im = draw_heatmap(ax, data.point.rollout, stride=data.point.rollout_stride, cmap="magma",
+                              norm=shared_norm([data.point.rollout]), alpha=0.7, input_size=size)
+            ax.set_title(f"local attention rollout from {_block_label(data.point.rollout_block)}\n"
+                         f"(|A| per window, mean over heads)", fontsize=_FONT)
+            _inset_colorbar(fig, ax, im, f"share of the point's input per {data.point.rollout_stride} px cell")
+        if uv is not None:
+            mark_point(ax, *uv)
+        _bare(ax)
+
+    # --- map rows
+    for r, name in enumerate(names):
+        spec = MAPS[name]
+        row = data.maps[name]
+        norm = None if per_panel else shared_norm([row[b] for b in blocks if b in row])
+        im = None
+        for c, block in enumerate(blocks):
+            ax = fig.add_axes(lay.block(r, c))
+            _bare(ax, keep_ylabel=c == 0)
+            if r == 0:
+                ax.set_title(_block_label(block), fontsize=_TITLE)
+            if c == 0:
+                ax.set_ylabel(_wrap_label(spec.label), fontsize=_FONT)
+            if block not in row:
+                draw_input(ax, dark, size=size)
+                ax.text(0.5, 0.5, "no CoT layer", transform=ax.transAxes, ha="center", va="center",
+                        fontsize=_FONT, color="white")
+                continue
+            draw_input(ax, bg, size=size)
+            heat = np.asarray(row[block])
+            im = draw_heatmap(ax, heat, stride=data.strides[block], cmap=spec.cmap,
+                              norm=shared_norm([heat]) if per_panel else norm, input_size=size)
+            if per_panel:
+                _inset_colorbar(fig, ax, im, spec.units if c == 0 else None)
+            if uv is not None:
+                mark_point(ax, *uv, size=5)
+        if not per_panel and im is not None:
+            _row_colorbar(fig, fig.add_axes(lay.cbar(r)), im, spec.units)
+
+    # --- kernels at the point
+    if data.point is not None and kernel_aspect is not None:
+        r = len(names)
+        kern = [np.asarray(data.point.kernels[b]) for b in blocks if b in data.point.kernels]
+        norm = shared_norm(kern, symmetric=True) if not per_panel else None
+        im = None
+        for c, block in enumerate(blocks):
+            if block not in data.point.kernels:
+                continue
+            ax = fig.add_axes(lay.block(r, c))
+            _bare(ax, keep_ylabel=c == 0)
+            k = np.asarray(data.point.kernels[block])
+            plot_kernels(k, ax=ax, norm=norm or shared_norm([k], symmetric=True), colorbar=False)
+            im = ax.images[-1]
+            cell = data.point.cells[block]
+            ax.set_title(f"A at cell ({cell[0]}, {cell[1]})", fontsize=_FONT, pad=2)
+            if c == 0:
+                per_row = min(k.shape[0], mosaic_columns(k.shape[0]))
+                ax.set_ylabel(f"{k.shape[-1]}×{k.shape[-1]} kernels of\n{k.shape[0]} heads, {per_row}/row",
+                              fontsize=_FONT)
+            if per_panel:
+                _inset_colorbar(fig, ax, im)
+        if not per_panel and im is not None:
+            _row_colorbar(fig, fig.add_axes(lay.cbar(r)), im, "A (signed)")
+    for i, note in enumerate(notes):
+        fig.text(lay.left_x / lay.width, 1.0 - (lay.notes_y + 0.16 * i) / lay.height, note, fontsize=_FONT - 0.5,
+                 color="0.3", ha="left", va="top")
+    return fig

@@ -1,0 +1,151 @@
+"""Heatmaps drawn exactly over the pixels the model saw.
+
+Geometry convention (shared by every figure and by :mod:`cotviz.analysis.rollout`): a feature map of
+shape ``(h, w)`` with stride ``s`` (input pixels per cell) is drawn with ``imshow(extent=(0, w*s, h*s, 0))``
+and ``origin="upper"``, so cell ``(i, j)`` (row i, column j) covers model-input pixels ``[j*s, (j+1)*s)``
+horizontally and ``[i*s, (i+1)*s)`` vertically; the axes show the model input ``[0, S_w] x [0, S_h]``. When
+``s`` divides the input size this tiles the input square exactly (14 x 14 cells of 16 px at 224); otherwise
+the last row/column of cells is partial and clipped at the input border, as in the network.
+The same picture in ORIGINAL image coordinates is the affine image of that extent through the crop box
+(:func:`original_extent`), e.g. to draw over the full photograph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+
+__all__ = [
+    "axes_or_new",
+    "background",
+    "cell_extent",
+    "draw_heatmap",
+    "draw_input",
+    "mark_point",
+    "new_figure",
+    "original_extent",
+    "to_grayscale",
+]
+
+Extent = tuple[float, float, float, float]
+
+
+def new_figure(figsize: tuple[float, float] = (4.0, 4.0), dpi: float = 100) -> Figure:
+    """A Figure with an Agg canvas attached (object-oriented matplotlib; no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def axes_or_new(ax: Axes | None, figsize: tuple[float, float] = (4.0, 4.0)) -> tuple[Figure, Axes]:
+    """``(figure, ax)`` for a given ``ax``, or a new Agg figure with one axes."""
+    if ax is not None:
+        fig = ax.figure
+        while not isinstance(fig, Figure):  # a SubFigure: walk up to the root Figure
+            fig = fig.figure
+        return fig, ax
+    fig = new_figure(figsize)
+    return fig, fig.add_subplot()
+
+
+def cell_extent(shape: Sequence[int], stride: float) -> Extent:
+    """``imshow`` extent ``(left, right, bottom, top)`` of an (h, w) map of stride ``s``: ``(0, w*s, h*s, 0)``."""
+    h, w = int(shape[0]), int(shape[1])
+    return (0.0, float(w * stride), float(h * stride), 0.0)
+
+
+def original_extent(extent: Extent, crop_box: Sequence[float], input_size: Sequence[int]) -> Extent:
+    """Map a model-input extent to original-image coordinates through the crop box.
+
+    ``crop_box = (left, top, right, bottom)`` of the model input in the original image, ``input_size = (S_h, S_w)``:
+    ``x = left + u * (right - left) / S_w``, ``y = top + v * (bottom - top) / S_h``.
+    """
+    left, top, right, bottom = (float(v) for v in crop_box)
+    sh, sw = float(input_size[0]), float(input_size[1])
+    sx, sy = (right - left) / sw, (bottom - top) / sh
+    x0, x1, y0, y1 = extent
+    return (left + x0 * sx, left + x1 * sx, top + y0 * sy, top + y1 * sy)
+
+
+def to_grayscale(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W) float in [0, 1] (ITU-R 601 luma)."""
+    rgb = np.asarray(image, dtype=np.float32) / 255.0
+    return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def background(image: np.ndarray, *, gray: bool = False, dim: float = 1.0, max_side: int | None = None) -> np.ndarray:
+    """The picture under the heatmaps: (S_h, S_w, 3) uint8 -> float RGB or luma in [0, 1], optionally
+    area-averaged (PIL box filter) down to ``max_side`` pixels, i.e. the panel's size on screen.
+
+    Pre-shrinking once per figure makes drawing many panels cheap (no per-panel antialiasing pass); the
+    result still covers the same model-input extent (see :func:`draw_input`'s ``size``).
+    """
+    arr = np.asarray(image)
+    sh, sw = arr.shape[:2]
+    if max_side is not None and max(sh, sw) > max_side:
+        from PIL import Image
+
+        scale = max_side / max(sh, sw)
+        size = (max(1, round(sw * scale)), max(1, round(sh * scale)))
+        arr = np.asarray(Image.fromarray(arr.astype(np.uint8)).resize(size, Image.Resampling.BOX))
+    out = to_grayscale(arr) if gray else np.asarray(arr, dtype=np.float32) / 255.0
+    return np.clip(out * dim, 0.0, 1.0)
+
+
+def draw_input(ax: Axes, image: np.ndarray, *, gray: bool = False, dim: float = 1.0,
+               size: Sequence[int] | None = None) -> AxesImage:
+    """Draw the model-input image over ``[0, S_w] x [0, S_h]`` and fix the axes to it.
+
+    ``image``: (S_h, S_w, 3) uint8, or a :func:`background` array (float RGB / luma, any resolution) with
+    ``size = (S_h, S_w)`` giving the model-input extent it covers. ``gray``/``dim`` as in :func:`background`.
+    """
+    arr = np.asarray(image)
+    sh, sw = (int(size[0]), int(size[1])) if size is not None else arr.shape[:2]
+    if arr.dtype == np.uint8:
+        arr = background(arr, gray=gray, dim=dim)
+        interpolation = "antialiased"
+    else:
+        interpolation = "nearest"  # already at screen resolution
+    kwargs: dict[str, Any] = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0} if arr.ndim == 2 else {}
+    im = ax.imshow(arr, extent=(0, sw, sh, 0), origin="upper", interpolation=interpolation, **kwargs)
+    ax.set_xlim(0, sw)
+    ax.set_ylim(sh, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return im
+
+
+def draw_heatmap(ax: Axes, heat: np.ndarray, *, stride: float, cmap: str = "inferno", norm: Normalize | None = None,
+                 alpha: float = 0.65, interpolation: str = "nearest", input_size: Sequence[int] | None = None,
+                 **kwargs: Any) -> AxesImage:
+    """Draw an (h, w) map with :func:`cell_extent` (cell (i, j) over its pixels) on top of what ``ax`` shows.
+
+    ``input_size = (S_h, S_w)`` clips the axes to the model input (default: the map's own extent).
+    A full-resolution map (S_h, S_w) is drawn with ``stride=1``.
+    """
+    heat = np.asarray(heat)
+    if heat.ndim != 2:
+        raise ValueError(f"a heatmap must be 2-D (h, w), got shape {heat.shape}")
+    extent = cell_extent(heat.shape, stride)
+    im = ax.imshow(heat, extent=extent, origin="upper", cmap=cmap, norm=norm, alpha=alpha,
+                   interpolation=interpolation, **kwargs)
+    sh, sw = (extent[2], extent[1]) if input_size is None else (input_size[0], input_size[1])
+    ax.set_xlim(0, sw)
+    ax.set_ylim(sh, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return im
+
+
+def mark_point(ax: Axes, u: float, v: float, *, size: float = 7.0) -> None:
+    """A cross-hair marker at model-input coordinates ``(u, v)`` (visible on any colour map)."""
+    ax.plot([u], [v], marker="+", markersize=size + 2, color="black", markeredgewidth=2.4, zorder=5)
+    ax.plot([u], [v], marker="+", markersize=size, color="white", markeredgewidth=1.2, zorder=6)

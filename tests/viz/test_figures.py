@@ -1,0 +1,147 @@
+"""The attention figure: panels, shared vs per-panel colour scales, titles, and no overlapping text."""
+
+from __future__ import annotations
+
+import io
+from itertools import combinations
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+
+from cotviz.viz import (
+    AttentionFigureData,
+    GradCamView,
+    PointView,
+    attention_figure,
+    kernel_mosaic,
+    plot_kernels,
+)
+from cotviz.viz.figures import shared_norm
+
+BLOCKS = ["stage3.block1", "stage3.block2", "stage3.block3"]
+
+
+def make_data(*, point: bool = False, gradcam: bool = False, notes: tuple[str, ...] = ()) -> AttentionFigureData:
+    rng = np.random.default_rng(0)
+    maps = {
+        "attention_entropy": {b: rng.uniform(0.5 + i, 2.0 + i, (4, 4)) for i, b in enumerate(BLOCKS)},
+        "static_energy": {b: rng.uniform(0, 10 * (i + 1), (4, 4)) for i, b in enumerate(BLOCKS)},
+    }
+    pv = None
+    if point:
+        pv = PointView(xy=(10, 20), uv=(30.5, 12.5), cells={b: (0, 1) for b in BLOCKS},
+                       kernels={b: rng.normal(size=(16, 3, 3)) for b in BLOCKS}, rollout=rng.uniform(size=(8, 8)),
+                       rollout_stride=8, rollout_block=BLOCKS[-1])
+    gc = GradCamView(rng.uniform(size=(64, 64)), target=7, stage=3) if gradcam else None
+    return AttentionFigureData(display=rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), maps=maps,
+                               strides={b: 16 for b in BLOCKS}, blocks=BLOCKS, model="cotnet50",
+                               weights="random init (untrained)", stage=3, head=None, num_heads=16,
+                               source="photo.jpg", crop_box=(10.0, 0.0, 74.0, 64.0), original_size=(84, 64),
+                               gradcam=gc, point=pv, notes=notes)
+
+
+def texts(fig: Figure) -> list[Text]:
+    """Every text that is drawn: figure texts, titles, axis labels, offsets and the tick labels in view."""
+    found: list[Text] = list(fig.texts)
+    for ax in fig.axes:
+        found += [ax.title, ax.xaxis.label, ax.yaxis.label, ax.xaxis.offsetText, ax.yaxis.offsetText, *ax.texts]
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            eps = 1e-9 * (hi - lo)
+            for loc, tick in zip(axis.get_majorticklocs(), axis.get_major_ticks(), strict=False):
+                if lo - eps <= loc <= hi + eps:
+                    found += [tick.label1, tick.label2]
+    return [t for t in found if t.get_visible() and t.get_text().strip()]
+
+
+def overlapping(fig: Figure) -> list[tuple[str, str]]:
+    renderer = fig.canvas.get_renderer()
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts(fig)]
+    return [(a, b) for (a, ba), (b, bb) in combinations(boxes, 2)
+            if ba.width > 0 and bb.width > 0 and ba.shrunk(0.98, 0.9).overlaps(bb.shrunk(0.98, 0.9))]
+
+
+def test_shared_scale_one_colour_bar_per_row() -> None:
+    data = make_data()
+    fig = attention_figure(data)
+    fig.canvas.draw()
+    panels = [ax for ax in fig.axes if len(ax.images) == 2]  # input + heatmap
+    assert len(panels) == 2 * len(BLOCKS)
+    norms = {}
+    for ax in panels:
+        heat = ax.images[1]
+        norms.setdefault(ax.get_ylabel() or "row", []).append((heat.norm.vmin, heat.norm.vmax))
+    entropy_rows = [ax.images[1].norm for ax in panels[: len(BLOCKS)]]
+    assert len({(n.vmin, n.vmax) for n in entropy_rows}) == 1  # shared across the blocks of one map
+    lo = min(float(m.min()) for m in data.maps["attention_entropy"].values())
+    hi = max(float(m.max()) for m in data.maps["attention_entropy"].values())
+    assert entropy_rows[0].vmin == pytest.approx(lo) and entropy_rows[0].vmax == pytest.approx(hi)
+    labels = [t.get_text() for t in texts(fig)]
+    assert any("nats" in t for t in labels) and any("RMS over channels of K1" in t for t in labels)
+    assert any("cotnet50" in t and "stage 3" in t and "random init" in t and "mean over 16 heads" in t
+               for t in labels)
+    assert {"block 1", "block 2", "block 3"} <= set(labels)
+    assert not overlapping(fig)
+
+
+def test_per_panel_scale_and_every_extra_panel_without_overlaps() -> None:
+    fig = attention_figure(make_data(point=True, gradcam=True, notes=("untrained weights",)), scale="per-panel")
+    fig.canvas.draw()
+    panels = [ax for ax in fig.axes if len(ax.images) == 2 and ax.get_title().startswith("block")
+              or (len(ax.images) == 2 and not ax.get_title())]
+    ranges = {(ax.images[1].norm.vmin, ax.images[1].norm.vmax) for ax in panels}
+    assert len(ranges) == len(panels)  # every panel has its own scale
+    labels = " | ".join(t.get_text() for t in texts(fig))
+    for expected in ("Grad-CAM of class 7", "local attention rollout", "A at cell (0, 1)", "untrained weights",
+                     "point (10, 20)"):
+        assert expected in labels
+    assert not overlapping(fig)
+    with pytest.raises(ValueError, match="scale"):
+        attention_figure(make_data(), scale="global")  # type: ignore[arg-type]
+
+
+def test_shared_figure_with_point_and_gradcam_has_no_overlaps() -> None:
+    fig = attention_figure(make_data(point=True, gradcam=True, notes=("a note",)))
+    fig.canvas.draw()
+    assert not overlapping(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_kernel_mosaic_places_head_h_row_major() -> None:
+    k = np.arange(10 * 9, dtype=float).reshape(10, 3, 3)
+    assert kernel_mosaic(np.zeros((32, 3, 3))).shape == (4 * 4 - 1, 8 * 4 - 1)  # 8 per row for 32 heads
+    mos = kernel_mosaic(k, per_row=4)
+    assert mos.shape == (3 * 4 - 1, 4 * 4 - 1)
+    np.testing.assert_array_equal(mos[0:3, 4:7], k[1])  # head 1: row 0, column 1
+    np.testing.assert_array_equal(mos[4:7, 0:3], k[4])  # head 4: row 1, column 0
+    assert np.isnan(mos[3]).all() and np.isnan(mos[:, 3]).all()  # gaps
+    fig = plot_kernels(k)
+    assert fig.axes[0].images[0].norm.vmin == -fig.axes[0].images[0].norm.vmax  # symmetric around 0
+
+
+def test_shared_norm_handles_constant_maps() -> None:
+    n = shared_norm([np.full((2, 2), 3.0)])
+    assert n.vmin < 3.0 < n.vmax
+
+
+@pytest.mark.parametrize("n_blocks", [1, 3])
+def test_every_text_stays_inside_a_narrow_figure(n_blocks: int) -> None:
+    """Long titles and notes are wrapped to the figure width instead of running off the page."""
+    data = make_data(point=True, notes=("Untrained network, random weights (seed 0; zero_init_last_bn=False with "
+                                        "every block's last BN weight set to 0.25; BatchNorm statistics calibrated "
+                                        "on seeded noise). Pass --weights for meaningful maps.",))
+    maps = {n: {b: m for b, m in row.items() if b in BLOCKS[:n_blocks]} for n, row in data.maps.items()}
+    narrow = AttentionFigureData(**{**data.__dict__, "maps": maps, "blocks": BLOCKS[:n_blocks]})
+    fig = attention_figure(narrow)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    page = fig.bbox
+    for t in texts(fig):
+        box = t.get_window_extent(renderer)
+        assert box.x0 >= page.x0 - 1 and box.x1 <= page.x1 + 1 and box.y0 >= page.y0 - 1 and box.y1 <= page.y1 + 1, \
+            t.get_text()
+    assert not overlapping(fig)
