@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 
 from cotviz._version import __version__
+from cotviz.cli import attention as attention_cmd
 from cotviz.cli import models as models_cmd
 from cotviz.cli import profile as profile_cmd
-from cotviz.cli import attention as attention_cmd
 from cotviz.cli._common import DEBUG
 
 app = typer.Typer(

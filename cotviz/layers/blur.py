@@ -27,6 +27,7 @@ class BlurPool2d(nn.Module):
         for _ in range(filt_size - 1):  # binomial coefficients of (0.5 + 0.5 z)^(filt_size-1)
             coeffs = torch.cat([coeffs, torch.zeros(1)]) * 0.5 + torch.cat([torch.zeros(1), coeffs]) * 0.5
         filt = (coeffs[:, None] * coeffs[None, :])[None, None].repeat(channels, 1, 1, 1)  # (C, 1, f, f)
+        self.filt: Tensor
         self.register_buffer("filt", filt, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:

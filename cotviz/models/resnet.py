@@ -71,6 +71,16 @@ class HybridRouting:
 
 
 @dataclass(frozen=True)
+class _Fixed:
+    """Routing that gives every block the same operator."""
+
+    name: str
+
+    def __call__(self, stage: int, block_idx: int, width: int) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
 class FeatureInfo:
     """A feature map a backbone user can take: channels, stride w.r.t. the input, and module path."""
 
@@ -201,8 +211,7 @@ class CoTResNet(nn.Module):
             raise ValueError(f"downsample_mode must be 'op' or 'blur', got {downsample_mode!r}")
         act = get_act_layer(act_layer)
         spatial_act = get_act_layer(spatial_act_layer)
-        route: SpatialRouting = (spatial_layer if callable(spatial_layer)
-                                 else (lambda stage, idx, width, _n=spatial_layer: _n))
+        route: SpatialRouting = spatial_layer if callable(spatial_layer) else _Fixed(spatial_layer)
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.layers = [int(n) for n in layers]
@@ -225,7 +234,7 @@ class CoTResNet(nn.Module):
 
         net_blocks = sum(self.layers)
         block_no = 0
-        for stage, (planes, depth) in enumerate(zip((64, 128, 256, 512), self.layers), start=1):
+        for stage, (planes, depth) in enumerate(zip((64, 128, 256, 512), self.layers, strict=True), start=1):
             stride = 1 if (stage == 1 and stem_pool) else 2
             outplanes = planes * Bottleneck.expansion
             blocks = []
@@ -267,7 +276,7 @@ class CoTResNet(nn.Module):
 
     def stages(self) -> list[nn.Sequential]:
         """``[layer1, layer2, layer3, layer4]`` (the paper's res2..res5)."""
-        return [self.layer1, self.layer2, self.layer3, self.layer4]
+        return [self.get_submodule(f"layer{i}") for i in range(1, 5)]  # type: ignore[misc]
 
     def forward_stem(self, x: Tensor) -> Tensor:
         """(B, in_chans, H, W) -> (B, inplanes, H/4, W/4) with max-pool, else (B, inplanes, H/2, W/2)."""

@@ -6,11 +6,10 @@ model in markdown and tables.
 
 from __future__ import annotations
 
-import re
-
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 

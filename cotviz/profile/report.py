@@ -30,8 +30,21 @@ _STAGE = re.compile(r"^layer\d+$")
 _MAX_PATHS = 5  # module paths listed per uncounted op
 
 
+class _HasMacs:
+    """Mixin of the row dataclasses: FLOPs derived from MACs, and the dict form with both."""
+
+    macs: int
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "flops": self.flops}  # type: ignore[call-overload]
+
+
 @dataclass(frozen=True)
-class Row:
+class Row(_HasMacs):
     """Counts of one model part (stage, block or module): parameters, MACs, allocated activation bytes."""
 
     name: str
@@ -40,28 +53,14 @@ class Row:
     macs: int
     activation_bytes: int
 
-    @property
-    def flops(self) -> int:
-        return 2 * self.macs
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "flops": self.flops}
-
 
 @dataclass(frozen=True)
-class OperatorRow:
+class OperatorRow(_HasMacs):
     """MACs of one operator type (conv, linear, local aggregation, ...) and how many calls produced them."""
 
     type: str
     macs: int
     calls: int
-
-    @property
-    def flops(self) -> int:
-        return 2 * self.macs
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "flops": self.flops}
 
 
 @dataclass(frozen=True)
