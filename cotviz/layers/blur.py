@@ -23,12 +23,20 @@ class BlurPool2d(nn.Module):
         self.stride = stride
         pad = ((stride - 1) + (filt_size - 1)) // 2  # timm get_padding(filt_size, stride, dilation=1)
         self.padding = (pad, pad, pad, pad)
-        coeffs = torch.tensor([1.0])
-        for _ in range(filt_size - 1):  # binomial coefficients of (0.5 + 0.5 z)^(filt_size-1)
-            coeffs = torch.cat([coeffs, torch.zeros(1)]) * 0.5 + torch.cat([torch.zeros(1), coeffs]) * 0.5
-        filt = (coeffs[:, None] * coeffs[None, :])[None, None].repeat(channels, 1, 1, 1)  # (C, 1, f, f)
         self.filt: Tensor
-        self.register_buffer("filt", filt, persistent=False)
+        self.register_buffer("filt", self._binomial_filter(), persistent=False)
+
+    def _binomial_filter(self) -> Tensor:
+        """(C, 1, f, f): outer product of the binomial coefficients of (0.5 + 0.5 z)^(f-1)."""
+        coeffs = torch.tensor([1.0])
+        for _ in range(self.filt_size - 1):
+            coeffs = torch.cat([coeffs, torch.zeros(1)]) * 0.5 + torch.cat([torch.zeros(1), coeffs]) * 0.5
+        return (coeffs[:, None] * coeffs[None, :])[None, None].repeat(self.channels, 1, 1, 1)
+
+    def reset_parameters(self) -> None:
+        """Refill the fixed filter (after ``to_empty``, e.g. when the model was built on the meta device)."""
+        with torch.no_grad():
+            self.filt.copy_(self._binomial_filter())
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.pad(x, self.padding, mode="reflect")

@@ -96,6 +96,23 @@ def model_entry(name: str) -> ModelEntry:
     return _ENTRIES[resolve_name(name)]
 
 
+def _build(entry: ModelEntry, overrides: dict[str, Any]) -> nn.Module:
+    """Build on the meta device, then allocate and initialise once (no default init thrown away).
+
+    Under ``with torch.device("meta")`` the model stays on meta (shapes only)."""
+    device = torch.empty(()).device  # the default device, also inside a ``with torch.device(...)`` block
+    if device.type == "meta":
+        return entry.builder(**overrides)
+    with torch.device("meta"):
+        model = entry.builder(**overrides)
+    init = getattr(model, "init_weights", None)
+    if not callable(init):  # a builder without a full re-initialiser: build it directly
+        return entry.builder(**overrides)
+    model = model.to_empty(device=device)
+    init()
+    return model
+
+
 def create_model(name: str, *, weights: str | Path | None = None, seed: int | None = 0,
                  **overrides: Any) -> nn.Module:
     """Build a registered model by name or alias.
@@ -115,11 +132,11 @@ def create_model(name: str, *, weights: str | Path | None = None, seed: int | No
     entry = model_entry(name)
     try:
         if seed is None:
-            model = entry.builder(**overrides)
+            model = _build(entry, overrides)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                model = entry.builder(**overrides)
+                model = _build(entry, overrides)
     except TypeError as err:
         match = re.search(r"unexpected keyword argument '(\w+)'", str(err))
         if match:

@@ -255,21 +255,28 @@ class CoTResNet(nn.Module):
         self.num_features = inplanes
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(inplanes, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights(zero_init_last_bn)
+        self._zero_init_last_bn = zero_init_last_bn
+        if not self.bn1.weight.is_meta:  # on the meta device there are no values to initialise
+            self.init_weights()
 
-    def _init_weights(self, zero_init_last_bn: bool) -> None:
-        """Official (timm ResNet) init: Kaiming-normal fan-out convs, BN 1/0, optional zero last BN.
+    def init_weights(self) -> None:
+        """(Re)initialise every parameter and buffer as the official (timm ResNet) code does.
 
-        Skipped on the meta device (shapes only: there are no values to initialise)."""
-        if self.bn1.weight.is_meta:
-            return
+        Conv weights Kaiming-normal (fan-out, ReLU gain); every other module its PyTorch default
+        (``reset_parameters``: BN/GroupNorm 1/0 and fresh running statistics, Linear, conv biases
+        uniform in +-1/sqrt(fan_in)); then, with ``zero_init_last_bn``, the last BN of each block zeroed.
+        :func:`cotviz.create_model` builds on the meta device and calls this once, so nothing is
+        initialised twice.
+        """
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        if zero_init_last_bn:
+                if m.bias is not None:
+                    bound = 1.0 / math.sqrt(m.weight[0].numel())  # fan_in = Cin/groups * k * k
+                    nn.init.uniform_(m.bias, -bound, bound)
+            elif m is not self and callable(getattr(m, "reset_parameters", None)):
+                m.reset_parameters()  # type: ignore[operator]
+        if self._zero_init_last_bn:
             for m in self.modules():
                 if isinstance(m, Bottleneck):
                     m.zero_init_last_bn()
