@@ -9,6 +9,7 @@ command runs (captum only with ``--gradcam``), so ``cotviz --help`` stays fast.
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -482,10 +483,11 @@ def _render_batch(batch: list[Item], names: list[OutputPaths], st: RunSettings, 
             blocks=shown, model=st.lm.name, weights=st.lm.weights_label, stage=sel.stage, head=sel.head,
             num_heads=sel.num_heads, source=item.path.name, crop_box=pre.crop_box,
             original_size=pre.original_size, gradcam=cam_view, point=point_view, notes=notes)
+        if report.outputs:  # free the previous figure (a reference cycle) now, not at some later GC pass
+            gc.collect()
         fig = attention_figure(data, scale=st.scale, dpi=st.dpi)  # type: ignore[arg-type]
         save_figure(fig, out.figure, st.fmt, dpi=st.dpi)
-        fig.clear()
-        del fig
+        del fig  # no fig.clear(): clearing ~30 axes costs 0.3 s; gc.collect() above frees it
         write_npz(out.npz, arrays)
         top = int(probs[i].argmax())
         meta = {

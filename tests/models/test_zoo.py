@@ -328,6 +328,36 @@ def test_seeding_is_deterministic_and_isolated(name: str) -> None:
     assert not torch.equal(a["fc.weight"], c["fc.weight"])
 
 
+@pytest.mark.parametrize("name", ["cotnet50", "cotnext50", "se_cotnetd_152"])
+def test_meta_build_initialises_like_a_direct_build(name: str) -> None:
+    """create_model builds on meta with the default initialisers switched off, then allocates and runs
+    init_weights once: the result must equal building on the CPU (default init) and re-initialising."""
+    kwargs = dict(num_classes=SMALL_CLASSES, **small_kwargs(name))
+    init_fns = {n: getattr(nn.init, n) for n in ("kaiming_uniform_", "uniform_", "normal_", "ones_", "zeros_")}
+    fast = create_model(name, seed=3, **kwargs)
+    assert {n: getattr(nn.init, n) for n in init_fns} == init_fns, "torch.nn.init was not restored"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        direct = model_entry(name).builder(**kwargs)
+        torch.manual_seed(3)
+        direct.init_weights()
+    a, b = fast.state_dict(), direct.state_dict()
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].device.type == "cpu" and a[k].dtype == b[k].dtype
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in fast.parameters())
+
+
+def test_failed_meta_build_restores_torch_init() -> None:
+    before = nn.init.kaiming_uniform_
+    with pytest.raises(InvalidArgumentError):
+        create_model("cotnet50", no_such_argument=1)
+    assert nn.init.kaiming_uniform_ is before
+    layer = nn.Conv2d(2, 2, 1)  # default init works again (not left at the build-time no-op)
+    assert layer.weight.abs().sum() > 0
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_create_model_returns_eval_model_with_metadata(name: str) -> None:
     model = _meta_model(name, num_classes=SMALL_CLASSES, **small_kwargs(name))
