@@ -27,7 +27,16 @@ from matplotlib.image import AxesImage
 from matplotlib.ticker import MaxNLocator
 
 from cotviz.analysis.maps import MAPS
-from cotviz.viz.overlay import axes_or_new, background, draw_heatmap, draw_input, mark_point, new_figure
+from cotviz.viz.overlay import (
+    Panel,
+    as_panel,
+    axes_or_new,
+    background,
+    draw_heatmap,
+    draw_input,
+    mark_point,
+    new_figure,
+)
 
 __all__ = [
     "AttentionFigureData",
@@ -35,6 +44,7 @@ __all__ = [
     "PointView",
     "Scale",
     "attention_figure",
+    "draw_kernels",
     "kernel_mosaic",
     "mosaic_columns",
     "plot_kernels",
@@ -43,6 +53,7 @@ __all__ = [
 ]
 
 Scale = Literal["shared", "per-panel"]
+Box = tuple[float, float, float, float]  # (x, top, width, height) in inches from the figure's top left
 
 _FONT = 7.0  # pt, panel text
 _TITLE = 8.0  # pt, column titles
@@ -186,12 +197,7 @@ def plot_kernels(kernels: np.ndarray, *, ax: Axes | None = None, norm: Normalize
     Values are the raw, signed attention A (GroupNorm output); colours are symmetric around 0.
     """
     fig, ax = axes_or_new(ax)
-    mosaic = kernel_mosaic(kernels, per_row)
-    im = ax.imshow(np.ma.masked_invalid(mosaic), cmap=_KERNEL_CMAP, norm=norm or shared_norm([kernels], symmetric=True),
-                   interpolation="nearest", origin="upper")
-    ax.set_facecolor("white")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    im = draw_kernels(ax, kernels, norm=norm, per_row=per_row)
     for side in ax.spines.values():
         side.set_visible(False)
     if colorbar:
@@ -199,6 +205,23 @@ def plot_kernels(kernels: np.ndarray, *, ax: Axes | None = None, norm: Normalize
         cb.set_label("A (GroupNorm output, signed)", fontsize=_FONT)
         cb.ax.tick_params(labelsize=_FONT)
     return fig
+
+
+def draw_kernels(target: Axes | Panel, kernels: np.ndarray, *, norm: Normalize | None = None,
+                 per_row: int | None = None, gid: str | None = None) -> AxesImage:
+    """Draw the :func:`kernel_mosaic` of (M, K, K) kernels into ``target`` (white gaps); returns the image.
+
+    A :class:`Panel` target should have the mosaic's aspect ratio (its ``size`` is ignored: the mosaic's
+    own (rows, cols) is mapped onto the panel's box)."""
+    mosaic = kernel_mosaic(kernels, per_row)
+    size = mosaic.shape
+    panel = Panel(target.ax, size, target.box) if isinstance(target, Panel) else as_panel(target, size)
+    if panel.box is None:
+        panel.ax.set_facecolor("white")
+    im = panel.ax.imshow(np.ma.masked_invalid(mosaic), cmap=_KERNEL_CMAP,
+                         norm=norm or shared_norm([kernels], symmetric=True), interpolation="nearest",
+                         origin="upper", extent=(0, size[1], size[0], 0), aspect=panel.aspect, gid=gid)
+    return panel.place(im)
 
 
 def _fmt_box(box: Sequence[float]) -> str:
@@ -217,9 +240,8 @@ def _row_colorbar(fig: Figure, cax: Axes, im: object, label: str) -> None:
     cb.ax.yaxis.get_offset_text().set_fontsize(_FONT)
 
 
-def _inset_colorbar(fig: Figure, ax: Axes, im: object, label: str | None = None) -> None:
-    """A thin horizontal colour bar under ``ax`` (per-panel scales and the left column)."""
-    cax = ax.inset_axes((0.06, -0.11, 0.88, 0.055))
+def _inset_colorbar(fig: Figure, cax: Axes, im: object, label: str | None = None) -> None:
+    """A thin horizontal colour bar under a panel (per-panel scales and the left column)."""
     cb = fig.colorbar(im, cax=cax, orientation="horizontal")  # type: ignore[arg-type]
     _opaque(cb)
     cb.ax.tick_params(labelsize=_FONT - 1, length=2, pad=1)
@@ -273,13 +295,6 @@ def _title(data: AttentionFigureData, n_heads_label: str) -> list[list[str]]:
     return [line1, parts] if parts else [line1]
 
 
-def _bare(ax: Axes, keep_ylabel: bool = False) -> None:
-    """No tick machinery on an image panel (drawing empty axes is a third of the render time)."""
-    ax.xaxis.set_visible(False)
-    if not keep_ylabel:
-        ax.yaxis.set_visible(False)
-
-
 def _wrap_label(label: str) -> str:
     """Put a parenthetical part of a row label on its own line."""
     head, sep, tail = label.partition(" (")
@@ -327,21 +342,53 @@ class _Layout:
         self.notes_y = max(grid_bottom, left_bottom) + 0.12
         self.height = self.notes_y + 0.16 * n_notes + 0.1
 
-    def rect(self, x: float, top: float, w: float, h: float) -> tuple[float, float, float, float]:
-        """Figure-fraction rectangle (left, bottom, width, height) of a box given in inches from the top left."""
+    def rect(self, box: Box) -> tuple[float, float, float, float]:
+        """Figure-fraction rectangle (left, bottom, width, height) of a box ``(x, top, w, h)`` in inches."""
+        x, top, w, h = box
         return (x / self.width, 1.0 - (top + h) / self.height, w / self.width, h / self.height)
 
-    def block(self, row: int, col: int) -> tuple[float, float, float, float]:
+    def block(self, row: int, col: int) -> Box:
         top, h = self.rows[row]
-        return self.rect(self.grid_x + col * (self.p + self.gap_h), top, self.p, h)
+        return (self.grid_x + col * (self.p + self.gap_h), top, self.p, h)
 
-    def cbar(self, row: int) -> tuple[float, float, float, float]:
+    def cbar(self, row: int) -> Box:
         top, h = self.rows[row]
-        return self.rect(self.cbar_x, top, 0.12, h)
+        return (self.cbar_x, top, 0.12, h)
 
-    def left_panel(self, i: int) -> tuple[float, float, float, float]:
+    def left_panel(self, i: int) -> Box:
         top, h = self.left[i]
-        return self.rect(self.left_x, top, self.p, h)
+        return (self.left_x, top, self.p, h)
+
+    @staticmethod
+    def under(box: Box) -> Box:
+        """A thin colour bar just under a panel."""
+        x, top, w, h = box
+        return (x + 0.06 * w, top + h + 0.055 * h, 0.88 * w, 0.055 * h)
+
+
+def _canvas(fig: Figure, lay: _Layout) -> Axes:
+    """One Axes over the whole figure whose data coordinates are inches from the top left (y down).
+
+    Every image panel is a :class:`Panel` of it: one Axes instead of ~30 makes the figure ~3x faster to
+    build and draw."""
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.set_xlim(0.0, lay.width)
+    ax.set_ylim(lay.height, 0.0)
+    ax.set_autoscale_on(False)
+    ax.set_axis_off()
+    return ax
+
+
+def _panel_title(ax: Axes, box: Box, text: str, fontsize: float, pad_pt: float = 6.0) -> None:
+    x, top, w, _ = box
+    ax.text(x + w / 2, top - pad_pt / 72, text, fontsize=fontsize, ha="center", va="bottom",
+            multialignment="center")
+
+
+def _row_label(ax: Axes, box: Box, text: str) -> None:
+    x, top, _, h = box
+    ax.text(x - 4 / 72, top + h / 2, text, fontsize=_FONT, rotation=90, ha="right", va="center",
+            multialignment="center")
 
 
 def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi: float = 100) -> Figure:
@@ -349,6 +396,10 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
 
     ``scale="shared"``: one colour scale per map type across the blocks (one colour bar per row, in the
     map's units); ``"per-panel"``: each panel scaled to its own range with its own colour bar.
+
+    Image panels are drawn on one canvas Axes (``fig.axes[0]``); colour bars are Axes of their own. Every
+    image artist has a gid (an element id in SVG): ``input``, ``map/<map>/<block>`` (heatmap),
+    ``background/<map>/<block>``, ``gradcam``, ``rollout``, ``kernels/<block>``.
     """
     if scale not in ("shared", "per-panel"):
         raise ValueError(f"scale must be 'shared' or 'per-panel', got {scale!r}")
@@ -370,39 +421,46 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
     lay = _Layout(n_blocks=n_blocks, n_rows=len(names), kernel_aspect=kernel_aspect, n_left=len(left_items),
                   per_panel=per_panel, n_notes=len(notes), n_title=len(title))
     fig = new_figure((lay.width, lay.height), dpi=dpi)
+    canvas = _canvas(fig, lay)
     fig.text(0.5, 1.0 - 0.1 / lay.height, "\n".join(title), fontsize=_TITLE, ha="center", va="top")
     display = data.display
-    size = display.shape[:2]
+    size = (int(display.shape[0]), int(display.shape[1]))
     uv = data.point.uv if data.point is not None else None
     side_px = int(round(_PANEL * dpi))  # a panel's side on screen: shrink the backgrounds once, to that
     bg = background(display, gray=True, dim=0.9, max_side=side_px)
     dark = background(display, gray=True, dim=0.5, max_side=side_px)
     colour = background(display, max_side=side_px)
 
+    def panel(box: Box) -> Panel:
+        p = Panel(canvas, size, (box[0], box[1], box[2], box[3]))
+        p.frame()
+        return p
+
     im: AxesImage | None = None
     # --- left column
     for r, item in enumerate(left_items):
-        ax = fig.add_axes(lay.left_panel(r))
+        box = lay.left_panel(r)
+        pan = panel(box)
         if item == "input":
-            draw_input(ax, colour, size=size)
-            ax.set_title("input as the model saw it", fontsize=_TITLE)
+            draw_input(pan, colour, size=size, gid="input")
+            _panel_title(canvas, box, "input as the model saw it", _TITLE)
         elif item == "gradcam" and data.gradcam is not None:
-            draw_input(ax, bg, size=size)
-            im = draw_heatmap(ax, data.gradcam.heat, stride=1, cmap="jet", norm=shared_norm([data.gradcam.heat]),
-                              alpha=0.5, interpolation="bilinear", input_size=size)
-            ax.set_title(f"Grad-CAM of class {data.gradcam.target}\n(layer{data.gradcam.stage}, bilinear)",
-                         fontsize=_FONT)
-            _inset_colorbar(fig, ax, im, "ReLU(Σ_c α_c F_c), a.u.")
+            draw_input(pan, bg, size=size, gid="background/gradcam")
+            im = draw_heatmap(pan, data.gradcam.heat, stride=1, cmap="jet", norm=shared_norm([data.gradcam.heat]),
+                              alpha=0.5, interpolation="bilinear", gid="gradcam")
+            _panel_title(canvas, box, f"Grad-CAM of class {data.gradcam.target}\n(layer{data.gradcam.stage}, "
+                         "bilinear)", _FONT)
+            _inset_colorbar(fig, fig.add_axes(lay.rect(lay.under(box))), im, "ReLU(Σ_c α_c F_c), a.u.")
         elif item == "rollout" and data.point is not None:
-            draw_input(ax, bg, size=size)
-            im = draw_heatmap(ax, data.point.rollout, stride=data.point.rollout_stride, cmap="magma",
-                              norm=shared_norm([data.point.rollout]), alpha=0.7, input_size=size)
-            ax.set_title(f"local attention rollout from {_block_label(data.point.rollout_block)}\n"
-                         f"(|A| per window, mean over heads)", fontsize=_FONT)
-            _inset_colorbar(fig, ax, im, f"share of the point's input per {data.point.rollout_stride} px cell")
+            draw_input(pan, bg, size=size, gid="background/rollout")
+            im = draw_heatmap(pan, data.point.rollout, stride=data.point.rollout_stride, cmap="magma",
+                              norm=shared_norm([data.point.rollout]), alpha=0.7, gid="rollout")
+            _panel_title(canvas, box, f"local attention rollout from {_block_label(data.point.rollout_block)}\n"
+                         f"(|A| per window, mean over heads)", _FONT)
+            _inset_colorbar(fig, fig.add_axes(lay.rect(lay.under(box))), im,
+                            f"share of the point's input per {data.point.rollout_stride} px cell")
         if uv is not None:
-            mark_point(ax, *uv)
-        _bare(ax)
+            mark_point(pan, *uv)
 
     # --- map rows
     for r, name in enumerate(names):
@@ -411,27 +469,27 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
         norm = None if per_panel else shared_norm([row[b] for b in blocks if b in row])
         im = None
         for c, block in enumerate(blocks):
-            ax = fig.add_axes(lay.block(r, c))
-            _bare(ax, keep_ylabel=c == 0)
+            box = lay.block(r, c)
+            pan = panel(box)
             if r == 0:
-                ax.set_title(_block_label(block), fontsize=_TITLE)
+                _panel_title(canvas, box, _block_label(block), _TITLE)
             if c == 0:
-                ax.set_ylabel(_wrap_label(spec.label), fontsize=_FONT)
+                _row_label(canvas, box, _wrap_label(spec.label))
             if block not in row:
-                draw_input(ax, dark, size=size)
-                ax.text(0.5, 0.5, "no CoT layer", transform=ax.transAxes, ha="center", va="center",
-                        fontsize=_FONT, color="white")
+                draw_input(pan, dark, size=size, gid=f"background/{name}/{block}")
+                canvas.text(box[0] + box[2] / 2, box[1] + box[3] / 2, "no CoT layer", ha="center", va="center",
+                            fontsize=_FONT, color="white")
                 continue
-            draw_input(ax, bg, size=size)
+            draw_input(pan, bg, size=size, gid=f"background/{name}/{block}")
             heat = np.asarray(row[block])
-            im = draw_heatmap(ax, heat, stride=data.strides[block], cmap=spec.cmap,
-                              norm=shared_norm([heat]) if per_panel else norm, input_size=size)
+            im = draw_heatmap(pan, heat, stride=data.strides[block], cmap=spec.cmap,
+                              norm=shared_norm([heat]) if per_panel else norm, gid=f"map/{name}/{block}")
             if per_panel:
-                _inset_colorbar(fig, ax, im, spec.units if c == 0 else None)
+                _inset_colorbar(fig, fig.add_axes(lay.rect(lay.under(box))), im, spec.units if c == 0 else None)
             if uv is not None:
-                mark_point(ax, *uv, size=5)
+                mark_point(pan, *uv, size=5)
         if not per_panel and im is not None:
-            _row_colorbar(fig, fig.add_axes(lay.cbar(r)), im, spec.units)
+            _row_colorbar(fig, fig.add_axes(lay.rect(lay.cbar(r))), im, spec.units)
 
     # --- kernels at the point
     if data.point is not None and kernel_aspect is not None:
@@ -442,21 +500,19 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
         for c, block in enumerate(blocks):
             if block not in data.point.kernels:
                 continue
-            ax = fig.add_axes(lay.block(r, c))
-            _bare(ax, keep_ylabel=c == 0)
+            box = lay.block(r, c)
             k = np.asarray(data.point.kernels[block])
-            plot_kernels(k, ax=ax, norm=norm or shared_norm([k], symmetric=True), colorbar=False)
-            im = ax.images[-1]
+            im = draw_kernels(Panel(canvas, size, box), k, norm=norm or shared_norm([k], symmetric=True),
+                              gid=f"kernels/{block}")
             cell = data.point.cells[block]
-            ax.set_title(f"A at cell ({cell[0]}, {cell[1]})", fontsize=_FONT, pad=2)
+            _panel_title(canvas, box, f"A at cell ({cell[0]}, {cell[1]})", _FONT, pad_pt=2.0)
             if c == 0:
                 per_row = min(k.shape[0], mosaic_columns(k.shape[0]))
-                ax.set_ylabel(f"{k.shape[-1]}×{k.shape[-1]} kernels of\n{k.shape[0]} heads, {per_row}/row",
-                              fontsize=_FONT)
+                _row_label(canvas, box, f"{k.shape[-1]}×{k.shape[-1]} kernels of\n{k.shape[0]} heads, {per_row}/row")
             if per_panel:
-                _inset_colorbar(fig, ax, im)
+                _inset_colorbar(fig, fig.add_axes(lay.rect(lay.under(box))), im)
         if not per_panel and im is not None:
-            _row_colorbar(fig, fig.add_axes(lay.cbar(r)), im, "A (signed)")
+            _row_colorbar(fig, fig.add_axes(lay.rect(lay.cbar(r))), im, "A (signed)")
     for i, note in enumerate(notes):
         fig.text(lay.left_x / lay.width, 1.0 - (lay.notes_y + 0.16 * i) / lay.height, note, fontsize=_FONT - 0.5,
                  color="0.3", ha="left", va="top")

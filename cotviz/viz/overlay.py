@@ -8,20 +8,30 @@ horizontally and ``[i*s, (i+1)*s)`` vertically; the axes show the model input ``
 the last row/column of cells is partial and clipped at the input border, as in the network.
 The same picture in ORIGINAL image coordinates is the affine image of that extent through the crop box
 (:func:`original_extent`), e.g. to draw over the full photograph.
+
+Where that picture lands is a :class:`Panel`: a whole Axes (its limits set to the input), or a rectangle of
+one shared "canvas" Axes. A figure of many panels draws much faster on one canvas (matplotlib's cost grows
+with the number of Axes -- each builds tick machinery -- far more than with the number of images).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
+from matplotlib.patches import Rectangle
+from matplotlib.transforms import Affine2D, Transform
 
 __all__ = [
+    "Panel",
+    "as_panel",
     "axes_or_new",
     "background",
     "cell_extent",
@@ -54,6 +64,68 @@ def axes_or_new(ax: Axes | None, figsize: tuple[float, float] = (4.0, 4.0)) -> t
         return fig, ax
     fig = new_figure(figsize)
     return fig, fig.add_subplot()
+
+
+@dataclass(frozen=True)
+class Panel:
+    """Where the model input ``[0, S_w] x [0, S_h]`` (y down) is drawn.
+
+    Attributes:
+        ax: the Axes drawn on.
+        size: ``(S_h, S_w)``, the extent the panel shows (model-input pixels, or any grid such as a kernel mosaic).
+        box: ``(x, y, w, h)`` of the panel in ``ax``'s data coordinates, which must point right and DOWN
+            (a canvas Axes with ``ylim(H, 0)``), or ``None``: the whole ``ax`` (its limits are set to the input).
+            Input ``(u, v)`` lands at ``(x + u * w / S_w, y + v * h / S_h)``.
+    """
+
+    ax: Axes
+    size: tuple[float, float]
+    box: tuple[float, float, float, float] | None = None
+
+    @property
+    def transform(self) -> Transform:
+        """Model-input coordinates -> display, through the panel's box."""
+        if self.box is None:
+            return self.ax.transData
+        x, y, w, h = self.box
+        sh, sw = self.size
+        return Affine2D().scale(w / sw, h / sh).translate(x, y) + self.ax.transData
+
+    @property
+    def aspect(self) -> Literal["equal", "auto"]:
+        """``imshow`` aspect: square pixels on a whole Axes; a canvas box already has the right shape."""
+        return "equal" if self.box is None else "auto"
+
+    def clip(self, artist: Artist) -> None:
+        """Clip ``artist`` to the panel (to the Axes itself for a whole-Axes panel)."""
+        if self.box is not None:
+            x, y, w, h = self.box
+            artist.set_clip_path(Rectangle((x, y), w, h, transform=self.ax.transData))
+
+    def frame(self, *, linewidth: float = 0.8, color: str = "black") -> None:
+        """A thin frame around a canvas panel (a whole Axes has its spines)."""
+        if self.box is not None:
+            x, y, w, h = self.box
+            self.ax.add_patch(Rectangle((x, y), w, h, fill=False, linewidth=linewidth, edgecolor=color, zorder=4))
+
+    def place(self, artist: AxesImage) -> AxesImage:
+        """Put an image drawn in panel coordinates into the panel (transform and clip); fix a whole Axes' limits."""
+        artist.set_transform(self.transform)
+        self.clip(artist)
+        if self.box is None:
+            sh, sw = self.size
+            self.ax.set_xlim(0, sw)
+            self.ax.set_ylim(sh, 0)
+            self.ax.set_xticks([])
+            self.ax.set_yticks([])
+        return artist
+
+
+def as_panel(target: Axes | Panel, size: Sequence[float]) -> Panel:
+    """``target`` itself, or a whole-Axes :class:`Panel` showing ``size = (S_h, S_w)``."""
+    if isinstance(target, Panel):
+        return target
+    return Panel(target, (float(size[0]), float(size[1])))
 
 
 def cell_extent(shape: Sequence[int], stride: float) -> Extent:
@@ -100,52 +172,50 @@ def background(image: np.ndarray, *, gray: bool = False, dim: float = 1.0, max_s
     return np.clip(out * dim, 0.0, 1.0)
 
 
-def draw_input(ax: Axes, image: np.ndarray, *, gray: bool = False, dim: float = 1.0,
-               size: Sequence[int] | None = None) -> AxesImage:
-    """Draw the model-input image over ``[0, S_w] x [0, S_h]`` and fix the axes to it.
+def draw_input(target: Axes | Panel, image: np.ndarray, *, gray: bool = False, dim: float = 1.0,
+               size: Sequence[int] | None = None, gid: str | None = None) -> AxesImage:
+    """Draw the model-input image over ``[0, S_w] x [0, S_h]`` of ``target`` (an Axes: its limits are fixed to it).
 
     ``image``: (S_h, S_w, 3) uint8, or a :func:`background` array (float RGB / luma, any resolution) with
     ``size = (S_h, S_w)`` giving the model-input extent it covers. ``gray``/``dim`` as in :func:`background`.
+    ``gid``: the artist's id (an element id in SVG output).
     """
     arr = np.asarray(image)
     sh, sw = (int(size[0]), int(size[1])) if size is not None else arr.shape[:2]
+    panel = as_panel(target, (sh, sw))
     if arr.dtype == np.uint8:
         arr = background(arr, gray=gray, dim=dim)
         interpolation = "antialiased"
     else:
         interpolation = "nearest"  # already at screen resolution
     kwargs: dict[str, Any] = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0} if arr.ndim == 2 else {}
-    im = ax.imshow(arr, extent=(0, sw, sh, 0), origin="upper", interpolation=interpolation, **kwargs)
-    ax.set_xlim(0, sw)
-    ax.set_ylim(sh, 0)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return im
+    im = panel.ax.imshow(arr, extent=(0, sw, sh, 0), origin="upper", interpolation=interpolation,
+                         aspect=panel.aspect, gid=gid, **kwargs)
+    return panel.place(im)
 
 
-def draw_heatmap(ax: Axes, heat: np.ndarray, *, stride: float, cmap: str = "inferno", norm: Normalize | None = None,
-                 alpha: float = 0.65, interpolation: str = "nearest", input_size: Sequence[int] | None = None,
-                 **kwargs: Any) -> AxesImage:
-    """Draw an (h, w) map with :func:`cell_extent` (cell (i, j) over its pixels) on top of what ``ax`` shows.
+def draw_heatmap(target: Axes | Panel, heat: np.ndarray, *, stride: float, cmap: str = "inferno",
+                 norm: Normalize | None = None, alpha: float = 0.65, interpolation: str = "nearest",
+                 input_size: Sequence[int] | None = None, **kwargs: Any) -> AxesImage:
+    """Draw an (h, w) map with :func:`cell_extent` (cell (i, j) over its pixels) on top of what ``target`` shows.
 
-    ``input_size = (S_h, S_w)`` clips the axes to the model input (default: the map's own extent).
-    A full-resolution map (S_h, S_w) is drawn with ``stride=1``.
+    ``input_size = (S_h, S_w)`` clips the drawing to the model input (default: the map's own extent);
+    a :class:`Panel` brings its own size. A full-resolution map (S_h, S_w) is drawn with ``stride=1``.
     """
     heat = np.asarray(heat)
     if heat.ndim != 2:
         raise ValueError(f"a heatmap must be 2-D (h, w), got shape {heat.shape}")
     extent = cell_extent(heat.shape, stride)
-    im = ax.imshow(heat, extent=extent, origin="upper", cmap=cmap, norm=norm, alpha=alpha,
-                   interpolation=interpolation, **kwargs)
-    sh, sw = (extent[2], extent[1]) if input_size is None else (input_size[0], input_size[1])
-    ax.set_xlim(0, sw)
-    ax.set_ylim(sh, 0)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return im
+    size = (extent[2], extent[1]) if input_size is None else (input_size[0], input_size[1])
+    panel = as_panel(target, size)
+    im = panel.ax.imshow(heat, extent=extent, origin="upper", cmap=cmap, norm=norm, alpha=alpha,
+                         interpolation=interpolation, aspect=panel.aspect, **kwargs)
+    return panel.place(im)
 
 
-def mark_point(ax: Axes, u: float, v: float, *, size: float = 7.0) -> None:
+def mark_point(target: Axes | Panel, u: float, v: float, *, size: float = 7.0) -> None:
     """A cross-hair marker at model-input coordinates ``(u, v)`` (visible on any colour map)."""
-    ax.plot([u], [v], marker="+", markersize=size + 2, color="black", markeredgewidth=2.4, zorder=5)
-    ax.plot([u], [v], marker="+", markersize=size, color="white", markeredgewidth=1.2, zorder=6)
+    ax, transform = (target.ax, target.transform) if isinstance(target, Panel) else (target, target.transData)
+    for colour, markersize, width, z in (("black", size + 2, 2.4, 5), ("white", size, 1.2, 6)):
+        ax.plot([u], [v], marker="+", markersize=markersize, color=colour, markeredgewidth=width, zorder=z,
+                transform=transform)

@@ -8,8 +8,10 @@ from itertools import combinations
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from matplotlib.text import Text
 
+from cotviz.analysis.maps import MAPS
 from cotviz.viz import (
     AttentionFigureData,
     GradCamView,
@@ -56,6 +58,11 @@ def texts(fig: Figure) -> list[Text]:
     return [t for t in found if t.get_visible() and t.get_text().strip()]
 
 
+def images(fig: Figure, prefix: str) -> dict[str, AxesImage]:
+    """The figure's images whose gid starts with ``prefix``, by gid."""
+    return {im.get_gid(): im for ax in fig.axes for im in ax.images if (im.get_gid() or "").startswith(prefix)}
+
+
 def overlapping(fig: Figure) -> list[tuple[str, str]]:
     renderer = fig.canvas.get_renderer()
     boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts(fig)]
@@ -67,17 +74,17 @@ def test_shared_scale_one_colour_bar_per_row() -> None:
     data = make_data()
     fig = attention_figure(data)
     fig.canvas.draw()
-    panels = [ax for ax in fig.axes if len(ax.images) == 2]  # input + heatmap
-    assert len(panels) == 2 * len(BLOCKS)
-    norms = {}
-    for ax in panels:
-        heat = ax.images[1]
-        norms.setdefault(ax.get_ylabel() or "row", []).append((heat.norm.vmin, heat.norm.vmax))
-    entropy_rows = [ax.images[1].norm for ax in panels[: len(BLOCKS)]]
-    assert len({(n.vmin, n.vmax) for n in entropy_rows}) == 1  # shared across the blocks of one map
-    lo = min(float(m.min()) for m in data.maps["attention_entropy"].values())
-    hi = max(float(m.max()) for m in data.maps["attention_entropy"].values())
-    assert entropy_rows[0].vmin == pytest.approx(lo) and entropy_rows[0].vmax == pytest.approx(hi)
+    heat = images(fig, "map/")
+    assert sorted(heat) == sorted(f"map/{n}/{b}" for n in data.maps for b in BLOCKS)
+    assert len(images(fig, "background/")) == len(heat) and "input" in images(fig, "input")
+    assert len({im.axes for im in heat.values()}) == 1  # every panel on the one canvas Axes
+    for name in data.maps:
+        norms = {(heat[f"map/{name}/{b}"].norm.vmin, heat[f"map/{name}/{b}"].norm.vmax) for b in BLOCKS}
+        assert len(norms) == 1  # shared across the blocks of one map
+        lo = min(float(m.min()) for m in data.maps[name].values())
+        hi = max(float(m.max()) for m in data.maps[name].values())
+        assert norms.pop() == pytest.approx((lo, hi))
+    assert [ax.get_ylabel() for ax in fig.axes[1:]] == [MAPS[n].units for n in data.maps]  # one bar per row
     labels = [t.get_text() for t in texts(fig)]
     assert any("nats" in t for t in labels) and any("RMS over channels of K1" in t for t in labels)
     assert any("cotnet50" in t and "stage 3" in t and "random init" in t and "mean over 16 heads" in t
@@ -89,10 +96,10 @@ def test_shared_scale_one_colour_bar_per_row() -> None:
 def test_per_panel_scale_and_every_extra_panel_without_overlaps() -> None:
     fig = attention_figure(make_data(point=True, gradcam=True, notes=("untrained weights",)), scale="per-panel")
     fig.canvas.draw()
-    panels = [ax for ax in fig.axes if len(ax.images) == 2 and ax.get_title().startswith("block")
-              or (len(ax.images) == 2 and not ax.get_title())]
-    ranges = {(ax.images[1].norm.vmin, ax.images[1].norm.vmax) for ax in panels}
-    assert len(ranges) == len(panels)  # every panel has its own scale
+    heat = images(fig, "map/")
+    ranges = {(im.norm.vmin, im.norm.vmax) for im in heat.values()}
+    assert len(ranges) == len(heat) == 2 * len(BLOCKS)  # every panel has its own scale
+    assert {"gradcam", "rollout"} <= set(images(fig, "")) and len(images(fig, "kernels/")) == len(BLOCKS)
     labels = " | ".join(t.get_text() for t in texts(fig))
     for expected in ("Grad-CAM of class 7", "local attention rollout", "A at cell (0, 1)", "untrained weights",
                      "point (10, 20)"):
@@ -100,6 +107,35 @@ def test_per_panel_scale_and_every_extra_panel_without_overlaps() -> None:
     assert not overlapping(fig)
     with pytest.raises(ValueError, match="scale"):
         attention_figure(make_data(), scale="global")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cell", [(0, 3), (3, 0), (2, 1)])
+def test_hot_cell_lands_on_its_pixels_in_every_panel(cell: tuple[int, int]) -> None:
+    """One-hot (4, 4) maps at stride 16 over a black 64 x 64 input: in each block's panel of the rendered
+    figure the bright square sits over cell (i, j) -- no transposes, flips or offsets between panels."""
+    i, j = cell
+    one_hot = np.zeros((4, 4))
+    one_hot[i, j] = 1.0
+    dim = {b: one_hot * (k + 1) for k, b in enumerate(BLOCKS)}  # shared scale: only the last block is full
+    data = AttentionFigureData(display=np.zeros((64, 64, 3), dtype=np.uint8), maps={"static_energy": dim},
+                               strides={b: 16 for b in BLOCKS}, blocks=BLOCKS, model="m", weights="w", stage=3,
+                               head=None, num_heads=1)
+    fig = attention_figure(data, scale="per-panel", dpi=100)
+    fig.canvas.draw()
+    px = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(np.int32)  # row 0 = top
+    for b in BLOCKS:
+        im = images(fig, f"map/static_energy/{b}")[f"map/static_energy/{b}"]
+        # the panel: model input (0, 0) and (64, 64) through the image's transform to display pixels
+        (x0, y0), (x1, y1) = im.get_transform().transform([(0, 0), (64, 64)])
+        top, bottom = px.shape[0] - y0, px.shape[0] - y1  # display y is bottom-up
+        inside = np.zeros(px.shape[:2], dtype=bool)
+        inside[int(np.ceil(top)) + 1:int(bottom) - 1, int(np.ceil(x0)) + 1:int(x1) - 1] = True  # skip the frame
+        ys, xs = np.nonzero(inside & (px.sum(axis=2) > 300))  # the hot cell (inferno's bright end)
+        u = (xs + 0.5 - x0) / (x1 - x0) * 64
+        v = (ys + 0.5 - top) / (bottom - top) * 64
+        assert len(xs) > 0.5 * ((x1 - x0) / 4) ** 2, b  # the whole cell, not a speck
+        assert u.min() >= j * 16 - 1 and u.max() <= (j + 1) * 16 + 1, b
+        assert v.min() >= i * 16 - 1 and v.max() <= (i + 1) * 16 + 1, b
 
 
 def test_shared_figure_with_point_and_gradcam_has_no_overlaps() -> None:
