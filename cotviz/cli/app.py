@@ -10,7 +10,7 @@ from cotviz._version import __version__
 from cotviz.cli import attention as attention_cmd
 from cotviz.cli import models as models_cmd
 from cotviz.cli import profile as profile_cmd
-from cotviz.cli._common import DEBUG
+from cotviz.cli._common import DEBUG, defer_gc
 
 app = typer.Typer(
     name="cotviz",
@@ -44,6 +44,7 @@ app.command("attention")(attention_cmd.attention)
 
 def main() -> None:
     """Console-script entry point."""
+    defer_gc()
     try:
         app()
     except BrokenPipeError:  # e.g. `cotviz models --json | head`: stop quietly (Python docs' recipe)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cotviz.cli._common import err_console, handle_errors, print_json
+from cotviz.cli._common import err_console, handle_errors, print_json, settle_gc
 
 if TYPE_CHECKING:
     import torch
@@ -604,6 +604,10 @@ def _run(images: list[str], *, stage: int, block: list[int] | None, head: int | 
         raise ImageError("none of the inputs is an image file")
     # 3. model and selection, validated before any image is decoded
     import torch
+
+    import cotviz.viz  # noqa: F401  # the drawing stack, so that settle_gc() below also covers it
+
+    settle_gc()
 
     dev = _device(device)
     from cotviz.models import resolve_name

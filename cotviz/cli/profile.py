@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cotviz.cli._common import OutputFormat, console, handle_errors
+from cotviz.cli._common import OutputFormat, console, handle_errors, settle_gc
 
 _CONVENTIONS = ("complete", "official")
 
@@ -98,6 +98,7 @@ def profile(
     from cotviz.profile.measure import measure_model, parse_device, parse_dtype
     from cotviz.profile.render import render_csv, render_json, render_markdown, render_table, render_text
 
+    settle_gc()
     output = OutputFormat(_choice(fmt, tuple(f.value for f in OutputFormat), "format"))
     conv = _choice(convention, _CONVENTIONS, "convention")
     parse_dtype(dtype)

@@ -294,3 +294,46 @@ def test_a_run_without_gradcam_imports_neither_captum_nor_pyplot(tmp_path: Path)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "coffee_cotnet50_stage1.png").stat().st_size > 0
+
+
+def test_console_script_defers_gc_until_the_imports_are_in(tmp_path: Path) -> None:
+    """main() turns the collector off for start-up; the command freezes the imported objects and turns it
+    back on before its real work, and collects between images. In-process use leaves the collector alone."""
+    import subprocess
+    import sys
+
+    code = (
+        "import gc, sys\n"
+        "import cotviz.cli._common as common\n"
+        "seen = {}\n"
+        "settle = common.settle_gc\n"
+        "def spy():\n"
+        "    seen['before'] = (gc.isenabled(), 'torch' in sys.modules, 'matplotlib.figure' in sys.modules)\n"
+        "    settle()\n"
+        "    seen['after'] = (gc.isenabled(), gc.get_freeze_count() > 100_000)\n"
+        "import cotviz.cli.attention as att\n"
+        "att.settle_gc = spy\n"
+        "from cotviz.cli.app import main\n"
+        f"sys.argv = ['cotviz', 'attention', {str(COFFEE)!r}, {str(COFFEE)!r}, '--stage', '1', '--size', '64', "
+        f"'--out', {str(tmp_path)!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "assert seen['before'] == (False, True, True), seen\n"
+        "assert seen['after'] == (True, True), seen\n"
+        "assert gc.isenabled()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "coffee_cotnet50_stage1.png").stat().st_size > 0
+
+
+def test_settle_gc_does_nothing_unless_deferred() -> None:
+    import gc
+
+    from cotviz.cli._common import settle_gc
+
+    frozen = gc.get_freeze_count()
+    settle_gc()  # CliRunner / library use: no defer_gc() ran
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
