@@ -345,7 +345,7 @@ def list_inputs(images: Sequence[str], expand: Any) -> tuple[list[Path], list[An
     """``expand(images)`` (:func:`cotviz.io.expand_inputs`), short-cut when every entry is an existing file.
 
     ``expand_inputs`` first builds Pillow's table of registered extensions, which imports every Pillow
-    format plugin (0.15-0.3 s here); entries that are existing files do not need it: ``expand_inputs``
+    format plugin (30-75 ms here); entries that are existing files do not need it: ``expand_inputs``
     takes them as they are, whatever their extension, keeping the first of several entries that resolve
     to the same file, and so does this short cut (a test checks both agree).
     """
