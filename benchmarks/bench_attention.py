@@ -61,6 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--profile", action="store_true", help="also print an import-time and cProfile breakdown")
+    parser.add_argument("--memory", action="store_true",
+                        help="also run 8, 32 and 96 images (batches of 8) and print peak RSS and time per image")
     args = parser.parse_args()
 
     from PIL import Image
@@ -105,10 +107,35 @@ def main() -> None:
               "(the share of the gain that is not start-up GC)")
         help_s = statistics.median(walls["cotviz --help"])
         print(f"cotviz --help = {help_s:.2f} s ({'under' if help_s < HELP_LIMIT else 'OVER'} {HELP_LIMIT} s)")
+        if args.memory:
+            _memory(cv, img, tmp, env)
         if args.profile:
             _profile(cv, img, tmp, env)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _memory(cv: list[str], img: Path, tmp: Path, env: dict[str, str]) -> None:
+    """Streaming: peak RSS of the whole process should not grow with the number of images."""
+    import subprocess as sp
+
+    print("\nbatches of 8, distinct copies of img.jpg: peak RSS and wall time per image")
+    for n in (8, 32, 96):
+        folder = tmp / f"n{n}"
+        folder.mkdir()
+        data = img.read_bytes()
+        for i in range(n):
+            (folder / f"im{i:03d}.jpg").write_bytes(data + i.to_bytes(4, "little"))  # distinct files
+        code = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+                "p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+                "w = time.perf_counter() - t; "
+                "print(p.returncode, w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        out = sp.run([sys.executable, "-c", code, *cv, "attention", str(folder), "--stage", "3", "--batch-size", "8",
+                      "--out", str(tmp / f"out{n}")], env=env, capture_output=True, text=True, check=True).stdout
+        rc, wall, peak_kb = out.split()
+        if rc != "0":
+            raise SystemExit(f"cotviz attention on {n} images failed ({rc})")
+        print(f"  {n:3d} images: peak RSS {int(peak_kb) / 1024:6.0f} MiB, {float(wall) / n:5.2f} s per image")
 
 
 def _profile(cv: list[str], img: Path, tmp: Path, env: dict[str, str]) -> None:
