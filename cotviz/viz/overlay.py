@@ -47,11 +47,15 @@ Extent = tuple[float, float, float, float]
 
 
 def new_figure(figsize: tuple[float, float] = (4.0, 4.0), dpi: float = 100) -> Figure:
-    """A Figure with an Agg canvas attached (object-oriented matplotlib; no pyplot state)."""
+    """A Figure with an Agg canvas attached (object-oriented matplotlib; no pyplot state).
+
+    Images are never merged: in SVG/PDF output every image stays its own element (the Agg/PNG path
+    never merges them anyway)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
+    fig.suppressComposite = True  # SVG/PDF: one element per image (heatmap and background apart, gids kept)
     return fig
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import re
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,3 +183,20 @@ def test_every_text_stays_inside_a_narrow_figure(n_blocks: int) -> None:
         assert box.x0 >= page.x0 - 1 and box.x1 <= page.x1 + 1 and box.y0 >= page.y0 - 1 and box.y1 <= page.y1 + 1, \
             t.get_text()
     assert not overlapping(fig)
+
+
+def test_svg_keeps_every_image_as_its_own_element_with_its_gid(tmp_path: Path) -> None:
+    """Images are not merged into one raster in vector output: each panel's heatmap and background stay
+    separate, addressable elements (e.g. to restyle one layer in a vector editor)."""
+    from cotviz.io.outputs import save_figure
+
+    data = make_data(point=True)
+    path = tmp_path / "fig.svg"
+    save_figure(attention_figure(data), path, "svg")
+    svg = path.read_text()
+    for name in data.maps:
+        for b in BLOCKS:
+            assert f'id="map/{name}/{b}"' in svg and f'id="background/{name}/{b}"' in svg
+    assert 'id="input"' in svg and 'id="rollout"' in svg and f'id="kernels/{BLOCKS[0]}"' in svg
+    ids = re.findall(r'<image [^>]*?id="((?:map|background|input|rollout|kernels)[^"]*)"', svg)
+    assert len(ids) == len(set(ids)) == 2 * len(data.maps) * len(BLOCKS) + 1 + 2 + len(BLOCKS)
