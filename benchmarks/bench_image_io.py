@@ -25,14 +25,7 @@ import torch
 from PIL import Image
 
 from cotviz.io import PreprocessConfig, Preprocessed, load_image, preprocess
-
-COTNET50_CFG = {
-    "input_size": [3, 224, 224],
-    "crop_pct": 0.875,
-    "interpolation": "bicubic",
-    "mean": [0.485, 0.456, 0.406],
-    "std": [0.229, 0.224, 0.225],
-}
+from cotviz.models import model_entry
 
 
 def make_jpeg(path: Path, width: int, height: int, seed: int = 0) -> None:
@@ -64,7 +57,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=4000)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    cfg = PreprocessConfig.from_pretrained_cfg(COTNET50_CFG)
+    cfg = PreprocessConfig.from_pretrained_cfg(model_entry("cotnet50").pretrained_cfg.to_dict())
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.jpg"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -215,7 +215,7 @@ def draw_kernels(target: Axes | Panel, kernels: np.ndarray, *, norm: Normalize |
     own (rows, cols) is mapped onto the panel's box)."""
     mosaic = kernel_mosaic(kernels, per_row)
     size = mosaic.shape
-    panel = Panel(target.ax, size, target.box) if isinstance(target, Panel) else as_panel(target, size)
+    panel = replace(target, size=size) if isinstance(target, Panel) else as_panel(target, size)
     if panel.box is None:
         panel.ax.set_facecolor("white")
     im = panel.ax.imshow(np.ma.masked_invalid(mosaic), cmap=_KERNEL_CMAP,
@@ -432,7 +432,7 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
     colour = background(display, max_side=side_px)
 
     def panel(box: Box) -> Panel:
-        p = Panel(canvas, size, (box[0], box[1], box[2], box[3]))
+        p = Panel(canvas, size, box)
         p.frame()
         return p
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -274,11 +276,14 @@ def test_list_inputs_short_cut_agrees_with_expand_inputs(files: dict[str, Path])
     assert paths == list(expected.paths) and problems == list(expected.problems)
 
 
+def _python(code: str) -> None:
+    """Run ``code`` in a fresh interpreter (clean ``sys.modules`` and GC state); fail with its stderr."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_a_run_without_gradcam_imports_neither_captum_nor_pyplot(tmp_path: Path) -> None:
     """captum is imported only for --gradcam; figures never touch pyplot's global state; --help needs no torch."""
-    import subprocess
-    import sys
-
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
@@ -291,17 +296,13 @@ def test_a_run_without_gradcam_imports_neither_captum_nor_pyplot(tmp_path: Path)
         "assert 'captum' not in sys.modules, 'captum imported without --gradcam'\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _python(code)
     assert (tmp_path / "coffee_cotnet50_stage1.png").stat().st_size > 0
 
 
 def test_console_script_defers_gc_until_the_imports_are_in(tmp_path: Path) -> None:
     """main() turns the collector off for start-up; the command freezes the imported objects and turns it
     back on before its real work, and collects between images. In-process use leaves the collector alone."""
-    import subprocess
-    import sys
-
     code = (
         "import gc, sys\n"
         "import cotviz.cli._common as common\n"
@@ -324,8 +325,7 @@ def test_console_script_defers_gc_until_the_imports_are_in(tmp_path: Path) -> No
         "assert seen['after'] == (True, True), seen\n"
         "assert gc.isenabled()\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _python(code)
     assert (tmp_path / "coffee_cotnet50_stage1.png").stat().st_size > 0
 
 

@@ -26,17 +26,12 @@ from cotviz.io import (
     load_image,
     preprocess,
 )
+from cotviz.models import model_entry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_DIR = REPO_ROOT / ".." / "shared" / "reference"
 COFFEE = REPO_ROOT / "examples" / "coffee.png"
-COTNET50_CFG = {
-    "input_size": [3, 224, 224],
-    "crop_pct": 0.875,
-    "interpolation": "bicubic",
-    "mean": [0.485, 0.456, 0.406],
-    "std": [0.229, 0.224, 0.225],
-}
+COTNET50_CFG = model_entry("cotnet50").pretrained_cfg.to_dict()  # the model's own config
 CFG224 = PreprocessConfig.from_pretrained_cfg(COTNET50_CFG)
 
 
