@@ -28,13 +28,11 @@ class GradCamResult:
         upsampled: (B, S_h, S_w) bilinear upsampling of ``cam`` to the model input (``align_corners=False``:
             cell (i, j) is centred on input pixel ``((j + 0.5) * S_w / w, (i + 0.5) * S_h / h)``).
         target: (B,) class index explained per sample.
-        logits: (B, num_classes) of the forward pass used for the gradients.
     """
 
     cam: Tensor
     upsampled: Tensor
     target: Tensor
-    logits: Tensor
 
 
 def _stage_module(model: nn.Module, stage: int) -> nn.Module:
@@ -51,7 +49,8 @@ def grad_cam(model: nn.Module, x: Tensor, stage: int, target: int | Sequence[int
         model: a cotviz network in eval mode.
         x: (B, 3, S_h, S_w) model input.
         stage: 1..4.
-        target: a class index for every sample, one per sample, or None for the arg-max class.
+        target: a class index for every sample, one per sample, or None for the arg-max class (costs an
+            extra forward: a caller that already has the logits passes ``logits.argmax(1).tolist()``).
 
     Runs with gradients enabled (one forward for the logits when ``target`` is None, one forward and
     backward inside captum). The model's parameters do not accumulate gradients.
@@ -62,15 +61,14 @@ def grad_cam(model: nn.Module, x: Tensor, stage: int, target: int | Sequence[int
     x = x.detach()
     with torch.inference_mode(False), torch.enable_grad():
         xg = x.clone().requires_grad_(True)  # captum needs a graph from the input
-        with torch.no_grad():
-            logits = model(xg).detach()  # (B, num_classes)
-        num_classes = logits.shape[1]
         if target is None:
-            targets = logits.argmax(dim=1)  # (B,)
+            with torch.no_grad():
+                targets = model(xg).argmax(dim=1)  # (B,)
         else:
             items = [target] * x.shape[0] if isinstance(target, int) else list(target)
             if len(items) != x.shape[0]:
                 raise InvalidArgumentError(f"{len(items)} targets for a batch of {x.shape[0]}")
+            num_classes = int(model.num_classes)  # type: ignore[arg-type]
             for t in items:
                 if not 0 <= int(t) < num_classes:
                     raise InvalidArgumentError(f"target class {t} out of range: the model has classes "
@@ -86,4 +84,4 @@ def grad_cam(model: nn.Module, x: Tensor, stage: int, target: int | Sequence[int
                 p.requires_grad_(True)
         cam = cam.detach()[:, 0]  # (B, 1, h, w) -> (B, h, w)
     up = F.interpolate(cam[:, None], size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
-    return GradCamResult(cam=cam, upsampled=up, target=targets, logits=logits)
+    return GradCamResult(cam=cam, upsampled=up, target=targets)

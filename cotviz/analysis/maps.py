@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from cotviz.analysis import stats
-from cotviz.capture.records import Record
+from cotviz.capture.records import TAP_NAMES, Record
 from cotviz.errors import CaptureError, InvalidArgumentError
 
 __all__ = [
@@ -98,11 +98,8 @@ def select_head(per_head: Tensor, head: int | None) -> Tensor:
 
 def _channels(record: Record, tap: str, head: int | None) -> Tensor:
     """The tap's channels as (B, C', H, W): all C channels, or the C/M channels head ``head`` aggregates."""
-    t = getattr(record, tap)
-    if t is None:
-        raise CaptureError(f"{record.name}: {tap} was not captured; include it in taps=")
     if head is None:
-        return t
+        return record.tensor(tap)
     by_head = record.heads(tap)  # (B, M, C/M, H, W) or (B, M, C/M, 2) for fusion weights
     if not 0 <= head < by_head.shape[1]:
         raise InvalidArgumentError(f"head {head} out of range: {record.name} has heads 0..{by_head.shape[1] - 1}")
@@ -193,8 +190,7 @@ def taps_for(names: Iterable[str], *, attention: bool = False) -> tuple[str, ...
     wanted = {t for n in names for t in MAPS[n].taps}
     if attention:
         wanted.add("attention")
-    order = ("static_context", "attention", "dynamic_context", "fusion_weights", "output")
-    return tuple(t for t in order if t in wanted)
+    return tuple(t for t in TAP_NAMES if t in wanted)
 
 
 def map_key(block: str, name: str) -> str:

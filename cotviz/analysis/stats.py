@@ -33,12 +33,7 @@ def _heads(attn: Tensor | Record, groups: int) -> Tensor:
 
 
 def _tensor(x: Tensor | Record, name: str) -> Tensor:
-    if isinstance(x, Record):
-        t = getattr(x, name)
-        if t is None:
-            raise CaptureError(f"{x.name}: {name} was not captured; include it in taps=")
-        return t
-    return x
+    return x.tensor(name) if isinstance(x, Record) else x
 
 
 def attention_energy(attn: Tensor | Record, *, groups: int = 1) -> Tensor:

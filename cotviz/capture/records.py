@@ -15,16 +15,13 @@ variant looks alike after :meth:`Record.heads`:
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Literal
 
 from torch import Tensor
 
 from cotviz.errors import CaptureError
 from cotviz.layers.cot import TAP_NAMES
 
-__all__ = ["BlockInfo", "Record", "TapName", "attention_heads", "channel_heads", "TAP_NAMES"]
-
-TapName = Literal["static_context", "attention", "dynamic_context", "fusion_weights", "output"]
+__all__ = ["BlockInfo", "Record", "attention_heads", "channel_heads", "TAP_NAMES"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +141,15 @@ class Record:
         """Bytes held by the recorded tensors."""
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
+    def tensor(self, tap: str) -> Tensor:
+        """The recorded tensor of ``tap``; a clear error if the tap does not exist or was not captured."""
+        if tap not in TAP_NAMES:
+            raise CaptureError(f"unknown tap {tap!r}; valid taps: {', '.join(TAP_NAMES)}")
+        t = getattr(self, tap)
+        if t is None:
+            raise CaptureError(f"{self.name}: {tap} was not captured; include it in taps=")
+        return t
+
     def heads(self, tensor_name: str = "attention") -> Tensor:
         """A recorded tensor arranged by attention head, heads numbered group-major (h = g*M + m).
 
@@ -154,11 +160,7 @@ class Record:
         """
         if not self.has_cot or self.num_heads is None:
             raise CaptureError(f"{self.name} ({self.layer_type}) has no CoT layer, so no attention heads")
-        if tensor_name not in TAP_NAMES:
-            raise CaptureError(f"unknown tap {tensor_name!r}; valid taps: {', '.join(TAP_NAMES)}")
-        t = getattr(self, tensor_name)
-        if t is None:
-            raise CaptureError(f"{self.name}: {tensor_name} was not captured; include it in taps=")
+        t = self.tensor(tensor_name)
         if tensor_name == "attention":
             return attention_heads(t, self.groups)
         return channel_heads(t, self.num_heads, self.groups)

@@ -446,7 +446,7 @@ def _render_batch(batch: list[Item], names: list[OutputPaths], st: RunSettings, 
     if st.gradcam:
         from cotviz.analysis.attribution import grad_cam
 
-        cam = grad_cam(model, x, sel.stage, st.target)
+        cam = grad_cam(model, x, sel.stage, st.target if st.target is not None else logits.argmax(dim=1).tolist())
     probs = logits.softmax(dim=1)
     fusion = {name: stats.dynamic_share(cap[name]) for name in shown if cap[name].fusion_weights is not None}
 

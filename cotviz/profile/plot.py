@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cotviz.errors import OutputError
+from cotviz.io.outputs import FigureFormat
+from cotviz.io.outputs import save_figure as write_figure
 from cotviz.profile.api import AccuracyPoint
 
 if TYPE_CHECKING:
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["check_figure_path", "plot_latency_vs_accuracy", "save_figure"]
 
-_FORMATS = (".png", ".svg", ".pdf")
+_FORMATS = tuple(f".{f.value}" for f in FigureFormat)
 
 
 def plot_latency_vs_accuracy(points: Sequence[AccuracyPoint], *, title: str, ax: Axes | None = None) -> Figure:
@@ -63,10 +65,8 @@ def check_figure_path(path: str | Path) -> Path:
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Save as PNG/SVG/PDF (by suffix); unwritable or unsupported paths raise one clear error."""
+    """Save as PNG/SVG/PDF (by suffix) at 150 dpi through :func:`cotviz.io.outputs.save_figure` (atomic, no
+    timestamps); unwritable or unsupported paths raise one clear error."""
     out = check_figure_path(path)
-    try:
-        fig.savefig(out, dpi=150)
-    except OSError as err:
-        raise OutputError(f"--plot {out}: cannot write ({err.strerror or err})") from None
+    write_figure(fig, out, out.suffix[1:].lower(), dpi=150)
     return out
