@@ -10,16 +10,14 @@ from cotviz.cli._common import console, handle_errors, print_json
 
 
 def _rows(pattern: str) -> list[dict[str, Any]]:
-    import torch
-
     from cotviz.layers.cot import CotLayer
-    from cotviz.models.registry import create_model, list_models, model_entry
+    from cotviz.models.registry import list_models, model_entry
+    from cotviz.profile.counting import build_meta_model
 
     rows = []
     for name in list_models(pattern):
         entry = model_entry(name)
-        with torch.device("meta"):  # shapes only: no memory, no compute
-            model = create_model(name, seed=None)
+        model = build_meta_model(name)  # shapes only: no memory, no compute, no init
         cfg = entry.pretrained_cfg
         rows.append({
             "name": name,

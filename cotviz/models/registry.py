@@ -6,7 +6,6 @@ one builder. Aliases live here, not in if-chains; duplicate names are refused.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import fnmatch
 import re
@@ -104,7 +103,7 @@ def _build(entry: ModelEntry, overrides: dict[str, Any]) -> nn.Module:
     device = torch.empty(()).device  # the default device, also inside a ``with torch.device(...)`` block
     if device.type == "meta":
         return entry.builder(**overrides)
-    with torch.device("meta"), _skip_default_init():
+    with torch.device("meta"):
         model = entry.builder(**overrides)
     init = getattr(model, "init_weights", None)
     if not callable(init):  # a builder without a full re-initialiser: build it directly
@@ -112,31 +111,6 @@ def _build(entry: ModelEntry, overrides: dict[str, Any]) -> nn.Module:
     _allocate(model, device)
     init()
     return model
-
-
-_INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
-                 "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
-
-
-@contextlib.contextmanager
-def _skip_default_init() -> Any:
-    """While a model is built on meta, ``torch.nn.init``'s initialisers return their tensor untouched.
-
-    Each layer's constructor runs its default ``reset_parameters``; on meta tensors that is pure
-    dispatch overhead (~0.1 s for cotnet50) since ``init_weights`` initialises everything afterwards.
-    Not thread-safe against another thread initialising modules at the same moment."""
-    saved = {name: getattr(nn.init, name) for name in _INITIALISERS if hasattr(nn.init, name)}
-
-    def keep(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return tensor
-
-    for name in saved:
-        setattr(nn.init, name, keep)
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
 
 
 def _allocate(model: nn.Module, device: torch.device) -> None:
