@@ -341,30 +341,6 @@ def _prepare(item: Item, cfg: PreprocessConfig, point: tuple[int, int] | None) -
     item.loaded, item.pre = loaded, pre
 
 
-def list_inputs(images: Sequence[str], expand: Any) -> tuple[list[Path], list[Any]]:
-    """``expand(images)`` (:func:`cotviz.io.expand_inputs`), short-cut when every entry is an existing file.
-
-    ``expand_inputs`` first builds Pillow's table of registered extensions, which imports every Pillow
-    format plugin (30-75 ms here); entries that are existing files do not need it: ``expand_inputs``
-    takes them as they are, whatever their extension, keeping the first of several entries that resolve
-    to the same file, and so does this short cut (a test checks both agree).
-    """
-    import os
-
-    items = [Path(os.path.expanduser(os.fspath(i))) for i in images]
-    if not items or not all(p.is_file() for p in items):
-        paths, problems = expand(images)
-        return list(paths), list(problems)
-    seen: set[Path] = set()
-    paths = []
-    for p in items:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            paths.append(p)
-    return paths, []
-
-
 def _batches(items: list[Item], size: int) -> Iterator[list[Item]]:
     for i in range(0, len(items), size):
         yield items[i: i + size]
@@ -594,11 +570,11 @@ def _run(images: list[str], *, stage: int, block: list[int] | None, head: int | 
     from cotviz.io import expand_inputs
 
     # 2. inputs (listed, not decoded)
-    paths, problems = list_inputs(images, expand_inputs)
+    paths, problems = expand_inputs(images)
     report = RunReport()
     if not paths:
         if len(problems) == 1:
-            raise ImageError(problems[0].message)
+            raise problems[0].to_error()
         for p in problems:
             report.fail(p.item, p.message)
         raise ImageError("none of the inputs is an image file")

@@ -53,11 +53,12 @@ axis whose size is not a multiple of ``f``: a decoded edge pixel then covers few
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import stat
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, TypeVar
@@ -453,8 +454,11 @@ def _list_directory(directory: Path, extensions: frozenset[str]) -> list[Path]:
     )
 
 
-def _expand_one(text: str, extensions: frozenset[str]) -> list[Path] | str:
-    """Image paths for one entry (already ``~``-expanded), or a one-line problem message."""
+def _expand_one(text: str, extensions: Callable[[], frozenset[str]]) -> list[Path] | str:
+    """Image paths for one entry (already ``~``-expanded), or a one-line problem message.
+
+    ``extensions()`` is called only for directories and patterns: building Pillow's table imports every
+    format plugin, which a list of plain files does not need."""
     candidate = Path(text)
     try:
         info: os.stat_result | None = candidate.stat()
@@ -464,7 +468,7 @@ def _expand_one(text: str, extensions: frozenset[str]) -> list[Path] | str:
         return f"cannot access {_show(text)}: {_os_reason(exc)}"
     if info is not None and stat.S_ISDIR(info.st_mode):
         try:
-            found = _list_directory(candidate, extensions)
+            found = _list_directory(candidate, extensions())
         except OSError as exc:
             return f"cannot list directory {_show(text)}: {_os_reason(exc)}"
         return found or f"no image files in directory: {_show(text)}"
@@ -472,7 +476,8 @@ def _expand_one(text: str, extensions: frozenset[str]) -> list[Path] | str:
         return [candidate]
     if _GLOB_CHARS.intersection(text):
         matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
-        found = [m for m in matches if m.suffix.lower() in extensions and _is_file(m)]
+        exts = extensions()
+        found = [m for m in matches if m.suffix.lower() in exts and _is_file(m)]
         return found or f"no image files match the pattern: {_show(text)}"
     return f"no such file: {_show(text)}"
 
@@ -497,7 +502,7 @@ def expand_inputs(items: Sequence[str | os.PathLike[str]]) -> ExpandedInputs:
     Returns:
         ``ExpandedInputs(paths, problems)`` (a named tuple, so ``paths, problems = expand_inputs(...)`` works).
     """
-    extensions = image_extensions()
+    extensions = functools.cache(image_extensions)  # built on first need
     paths: list[Path] = []
     problems: list[InputProblem] = []
     seen: set[str] = set()

@@ -260,20 +260,27 @@ def test_debug_shows_the_exception(runner: CliRunner, files: dict[str, Path]) ->
     assert isinstance(r.exception, InvalidArgumentError) and "stage 9 out of range" in str(r.exception)
 
 
-def test_list_inputs_short_cut_agrees_with_expand_inputs(files: dict[str, Path]) -> None:
-    from cotviz.cli.attention import list_inputs
+def test_plain_files_are_listed_without_pillows_extension_table(files: dict[str, Path],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files named directly are taken as they are (first of several entries for one file kept); only a
+    directory or a pattern needs the extension table (which imports every Pillow plugin)."""
+    import cotviz.io.images as images
     from cotviz.io import expand_inputs
 
     batch = files["batch"]
     entries = [str(batch / "coffee.png"), str(batch / "coffee.jpg"), str(batch / "." / "coffee.png"),
                str(files["notes"])]
-    paths, problems = list_inputs(entries, expand_inputs)
-    assert (paths, problems) == (list(expand_inputs(entries).paths), [])
-    assert paths == [batch / "coffee.png", batch / "coffee.jpg", files["notes"]]
-    mixed = [str(batch), str(files["dir"] / "missing.png")]  # a directory and a missing file: the full expansion
-    paths, problems = list_inputs(mixed, expand_inputs)
-    expected = expand_inputs(mixed)
-    assert paths == list(expected.paths) and problems == list(expected.problems)
+    expected = expand_inputs(entries)
+    built = []
+    table = images.image_extensions
+    monkeypatch.setattr(images, "image_extensions", lambda: built.append(1) or table())
+    paths, problems = expand_inputs(entries)
+    assert (paths, problems) == (expected.paths, expected.problems) and not built
+    assert list(paths) == [batch / "coffee.png", batch / "coffee.jpg", files["notes"]] and not problems
+    mixed = [str(batch), str(files["dir"] / "missing.png"), str(batch / "*.jpg")]
+    paths, problems = expand_inputs(mixed)
+    assert len(built) == 1  # one table for the directory and the pattern
+    assert batch / "coffee.png" in paths and [p.item for p in problems] == [mixed[1]]
 
 
 def _python(code: str) -> None:
