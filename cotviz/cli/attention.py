@@ -170,10 +170,9 @@ UNTRAINED_NOTE = (f"random weights (seed {RANDOM_INIT_SEED}; zero_init_last_bn=F
                   f"weight set to {RESIDUAL_SCALE}; BatchNorm statistics calibrated on seeded noise)")
 
 
-def calibrate_batchnorm(model: nn.Module, *, seed: int = RANDOM_INIT_SEED, batch: int = CALIBRATION_BATCH,
-                        side: int = CALIBRATION_SIDE,
-                        mean_std: tuple[Sequence[float], Sequence[float]] = ((0.485, 0.456, 0.406),
-                                                                             (0.229, 0.224, 0.225))) -> None:
+def calibrate_batchnorm(model: nn.Module, *, mean_std: tuple[Sequence[float], Sequence[float]],
+                        seed: int = RANDOM_INIT_SEED, batch: int = CALIBRATION_BATCH,
+                        side: int = CALIBRATION_SIDE) -> None:
     """Set every BatchNorm's running statistics from one train-mode pass over fixed smooth random images.
 
     Data-dependent initialisation (cf. Mishkin & Matas, "All you need is a good init", ICLR 2016). The
@@ -220,8 +219,9 @@ def _pretrained_cfg(model: nn.Module) -> PretrainedCfg:
     return cfg
 
 
-def untrained_model(name: str) -> nn.Module:
-    """The deterministic untrained network drawn when no ``--weights`` are given (eval mode).
+def make_untrained(model: nn.Module) -> nn.Module:
+    """Turn ``model`` (built with ``zero_init_last_bn=False``) into the deterministic untrained network drawn
+    when no ``--weights`` are given (eval mode).
 
     Why not the official init as is: it zero-initialises the last BN of every block
     (``zero_init_last_bn``), so every residual branch is a no-op and every block of a stage sees the same
@@ -233,13 +233,6 @@ def untrained_model(name: str) -> nn.Module:
     De & Smith 2020: between the official 0 and 1), and (3) calibrates every BN's statistics with
     :func:`calibrate_batchnorm`. All of it is stated in the warning, the figure and the JSON metadata.
     """
-    from cotviz.models import create_model
-
-    return make_untrained(create_model(name, seed=RANDOM_INIT_SEED, zero_init_last_bn=False))
-
-
-def make_untrained(model: nn.Module) -> nn.Module:
-    """Steps (2) and (3) of :func:`untrained_model` on a model built with ``zero_init_last_bn=False``."""
     import torch
 
     from cotviz.models import Bottleneck

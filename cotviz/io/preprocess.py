@@ -31,6 +31,7 @@ from PIL import Image
 
 from cotviz.errors import InvalidArgumentError
 from cotviz.io.images import Coord, LoadedImage, to_rgb
+from cotviz.models.configs import IMAGENET_MEAN, IMAGENET_STD, PretrainedCfg
 
 __all__ = [
     "IMAGENET_DEFAULT_MEAN",
@@ -42,10 +43,11 @@ __all__ = [
     "preprocess",
 ]
 
-IMAGENET_DEFAULT_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-#: timm's DEFAULT_CROP_PCT, used when a pretrained cfg has no ``crop_pct``.
-DEFAULT_CROP_PCT: float = 0.875
+#: The defaults of :class:`cotviz.models.PretrainedCfg`, used when a pretrained cfg lacks a field
+#: (timm's IMAGENET_DEFAULT_MEAN/STD and DEFAULT_CROP_PCT).
+IMAGENET_DEFAULT_MEAN: tuple[float, float, float] = IMAGENET_MEAN
+IMAGENET_DEFAULT_STD: tuple[float, float, float] = IMAGENET_STD
+DEFAULT_CROP_PCT: float = PretrainedCfg.crop_pct
 
 Interpolation = Literal["bicubic", "bilinear"]
 _RESAMPLE: dict[str, Image.Resampling] = {

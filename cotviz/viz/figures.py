@@ -428,7 +428,6 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
     uv = data.point.uv if data.point is not None else None
     side_px = int(round(_PANEL * dpi))  # a panel's side on screen: shrink the backgrounds once, to that
     bg = background(display, gray=True, dim=0.9, max_side=side_px)
-    dark = background(display, gray=True, dim=0.5, max_side=side_px)
     colour = background(display, max_side=side_px)
 
     def panel(box: Box) -> Panel:
@@ -476,6 +475,7 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
             if c == 0:
                 _row_label(canvas, box, _wrap_label(spec.label))
             if block not in row:
+                dark = background(display, gray=True, dim=0.5, max_side=side_px)  # rare: a block without CoT
                 draw_input(pan, dark, size=size, gid=f"background/{name}/{block}")
                 canvas.text(box[0] + box[2] / 2, box[1] + box[3] / 2, "no CoT layer", ha="center", va="center",
                             fontsize=_FONT, color="white")
