@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,19 +26,22 @@ class BlurPool2d(nn.Module):
         pad = ((stride - 1) + (filt_size - 1)) // 2  # timm get_padding(filt_size, stride, dilation=1)
         self.padding = (pad, pad, pad, pad)
         self.filt: Tensor
-        self.register_buffer("filt", self._binomial_filter(), persistent=False)
+        self.register_buffer("filt", torch.empty(channels, 1, filt_size, filt_size), persistent=False)
+        self.reset_parameters()
 
     def _binomial_filter(self) -> Tensor:
-        """(C, 1, f, f): outer product of the binomial coefficients of (0.5 + 0.5 z)^(f-1)."""
-        coeffs = torch.tensor([1.0])
-        for _ in range(self.filt_size - 1):
-            coeffs = torch.cat([coeffs, torch.zeros(1)]) * 0.5 + torch.cat([torch.zeros(1), coeffs]) * 0.5
-        return (coeffs[:, None] * coeffs[None, :])[None, None].repeat(self.channels, 1, 1, 1)
+        """(f, f) on the CPU: outer product of the binomial coefficients of (0.5 + 0.5 z)^(f-1)."""
+        n = self.filt_size - 1
+        coeffs = torch.tensor([math.comb(n, k) / 2**n for k in range(n + 1)])
+        return coeffs[:, None] * coeffs[None, :]
 
     def reset_parameters(self) -> None:
-        """Refill the fixed filter (after ``to_empty``, e.g. when the model was built on the meta device)."""
+        """Fill the fixed filter (C, 1, f, f); nothing to fill on the meta device (the model is then built
+        there and allocated and re-initialised later, see :func:`cotviz.create_model`)."""
+        if self.filt.is_meta:
+            return
         with torch.no_grad():
-            self.filt.copy_(self._binomial_filter())
+            self.filt.copy_(self._binomial_filter().expand_as(self.filt))
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.pad(x, self.padding, mode="reflect")

@@ -157,6 +157,21 @@ def test_blurpool_hand_computed_4x4() -> None:
     torch.testing.assert_close(pool(x.double()), expected.double(), atol=0.0, rtol=0.0)
 
 
+def test_blurpool_filter_survives_the_meta_build_of_create_model() -> None:
+    """create_model builds on meta (no filter computed) and fills the non-persistent filter afterwards."""
+    from cotviz.models import create_model
+
+    model = create_model("se_cotnetd_152", layers=[1, 1, 2, 1], base_width=16, num_classes=4,
+                         block_args=dict(conv_dim={16, 32}, c4_dim=64, c4_idx={0}))
+    pools = [m for m in model.modules() if isinstance(m, BlurPool2d)]
+    assert pools
+    k = torch.tensor([0.25, 0.5, 0.25])
+    for pool in pools:
+        torch.testing.assert_close(pool.filt, (k[:, None] * k[None, :]).expand_as(pool.filt), atol=0.0, rtol=0.0)
+    with torch.device("meta"):
+        assert BlurPool2d(4).filt.is_meta
+
+
 def test_blurpool_has_no_state_dict_keys_and_rounds_up() -> None:
     pool = BlurPool2d(8)
     assert pool.state_dict() == {}
