@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cotviz.errors import InvalidArgumentError
@@ -41,7 +38,7 @@ from cotviz.profile.rules import (
     opaque_rule,
 )
 
-__all__ = ["CountResult", "ModuleCall", "OpCall", "build_meta_model", "count_model", "meta_init_skipped"]
+__all__ = ["CountResult", "ModuleCall", "OpCall", "build_meta_model", "count_model"]
 
 aten = torch.ops.aten
 _INIT_OPS = frozenset({aten.normal_.default, aten.uniform_.default, aten.fill_.Scalar, aten.zero_.default,
@@ -230,47 +227,11 @@ class _OpInfo:
     zero_cost: bool
 
 
-@contextmanager
-def meta_init_skipped() -> Iterator[None]:
-    """Build modules on the meta device without running their (pointless, slow) random init.
-
-    Inside, ``torch.device("meta")`` is active, ``torch.nn.init.*`` and in-place random fills of meta
-    tensors return at once (every layer's ``reset_parameters`` calls them; on meta they run as Python
-    decompositions, milliseconds each, and fill nothing), and the fast shape rules of
-    :mod:`cotviz.profile._fastmeta` apply to what constructors compute (e.g. BlurPool's filter).
-    """
-    with torch.device("meta"), _SkipInitFunctions(), _SkipInit():
-        yield
-
-
-class _SkipInitFunctions(TorchFunctionMode):
-    """``torch.nn.init.*`` on a meta tensor returns it at once (skips the fan-in arithmetic too)."""
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
-        if getattr(func, "__module__", None) == "torch.nn.init" and args and isinstance(args[0], Tensor) \
-                and args[0].is_meta:
-            return args[0]
-        return func(*args, **(kwargs or {}))
-
-
-class _SkipInit(_EagerDispatchMode):
-    """Aten level: random fills of meta tensors are no-ops; other ops take the fast shape rules."""
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
-        kwargs = kwargs or {}
-        if func in _INIT_OPS and isinstance(args[0], Tensor) and args[0].is_meta:
-            return args[0]
-        out = fast_meta_result(func, args, kwargs)
-        return func(*args, **kwargs) if out is NotImplemented else out
-
-
 def build_meta_model(name: str, *, dtype: torch.dtype = torch.float32, **overrides: Any) -> nn.Module:
     """A registered model (name or alias) on the meta device, in eval mode: shapes only, no memory."""
     from cotviz.models.registry import create_model
 
-    with meta_init_skipped():
+    with torch.device("meta"):  # create_model builds modules without allocating or filling anything there
         model = create_model(name, seed=None, **overrides)
     return model.to(dtype=dtype) if dtype != torch.float32 else model
 

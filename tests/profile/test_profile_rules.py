@@ -12,12 +12,12 @@ from torch import Tensor, nn
 
 from cotviz.layers import BlurPool2d, CoXtLayer, LocalAggregation
 from cotviz.profile import count_model, summarize
-from cotviz.profile.counting import CountResult, meta_init_skipped
+from cotviz.profile.counting import CountResult
 from cotviz.profile.rules import ACT, CONV, DATA, ELEMENTWISE, LINEAR, LOCAL_AGG, NORM, POOL
 
 
 def _meta(factory: type[nn.Module] | object, *args: object, **kwargs: object) -> nn.Module:
-    with meta_init_skipped():
+    with torch.device("meta"):
         return factory(*args, **kwargs)  # type: ignore[operator]
 
 
