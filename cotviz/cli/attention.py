@@ -246,13 +246,14 @@ def make_untrained(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def _create_model(name: str, untrained: bool) -> nn.Module:
+def _create_model(name: str, untrained: bool, num_classes: int | None = None) -> nn.Module:
     """The network with its seeded initialisation, before weights or the untrained-demo steps."""
     from cotviz.models import create_model
 
+    overrides: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
     if untrained:
-        return create_model(name, seed=RANDOM_INIT_SEED, zero_init_last_bn=False)
-    return create_model(name, seed=RANDOM_INIT_SEED)
+        overrides["zero_init_last_bn"] = False
+    return create_model(name, seed=RANDOM_INIT_SEED, **overrides)
 
 
 def _finish_model(model: nn.Module, name: str, weights: Path | None) -> LoadedModel:
@@ -534,7 +535,8 @@ class _NoProgress:
 def _run(images: list[str], *, stage: int, block: list[int] | None, head: int | None, maps: list[str] | None,
          point_text: str | None, gradcam: bool, target: int | None, model_name: str, weights: Path | None,
          device: Device, size: int | None, crop_pct: float | None, no_crop: bool, out: Path, fmt: Format,
-         scale: ScaleMode, batch_size: int, dpi: int, json_out: bool, threads: int | None = None) -> int:
+         scale: ScaleMode, batch_size: int, dpi: int, json_out: bool, threads: int | None = None,
+         num_classes: int | None = None) -> int:
     """Validate everything that can be validated without images, then :func:`_execute`. Returns the exit code."""
     from cotviz.errors import ImageError, InvalidArgumentError
 
@@ -546,6 +548,8 @@ def _run(images: list[str], *, stage: int, block: list[int] | None, head: int | 
         raise InvalidArgumentError(f"--size must be at least 32 pixels (the network's total stride), got {size}")
     if crop_pct is not None and not 0 < crop_pct <= 1:
         raise InvalidArgumentError(f"--crop-pct must be in (0, 1], got {crop_pct}")
+    if num_classes is not None and num_classes < 1:
+        raise InvalidArgumentError(f"--num-classes must be at least 1, got {num_classes}")
     if not 10 <= dpi <= 1200:
         raise InvalidArgumentError(f"--dpi must be between 10 and 1200, got {dpi}")
     if target is not None:
@@ -582,7 +586,7 @@ def _run(images: list[str], *, stage: int, block: list[int] | None, head: int | 
     from cotviz.models import resolve_name
 
     canonical = resolve_name(model_name)
-    model = _create_model(canonical, untrained=weights is None)  # built, not run: validation needs its layout
+    model = _create_model(canonical, untrained=weights is None, num_classes=num_classes)  # built, not run: validation needs its layout
     sel = _select(model, canonical, stage, block, head, map_names, point is not None)
     num_classes = _pretrained_cfg(model).num_classes
     if target is not None and target >= num_classes:
@@ -688,6 +692,9 @@ def attention(
         "--target", help="Class index for Grad-CAM (implies --gradcam). Default: the predicted class.",
         show_default=False)] = None,
     model: Annotated[str, typer.Option("--model", help="Model name or alias (see `cotviz models`).")] = "cotnet50",
+    num_classes: Annotated[int | None, typer.Option(
+        "--num-classes", help="Classifier outputs, for checkpoints fine-tuned on another label set. "
+                              "Default: the model's (1000).", show_default=False)] = None,
     weights: Annotated[Path | None, typer.Option(
         "--weights", help="Checkpoint to load (official .pth.tar, state_dict or .safetensors; loaded safely). "
                           "Without it: untrained random weights.", show_default=False)] = None,
@@ -718,6 +725,6 @@ def attention(
     code = _run(images, stage=stage, block=block, head=head, maps=[m.value for m in map_] if map_ else None,
                 point_text=point, gradcam=gradcam, target=target, model_name=model, weights=weights, device=device,
                 size=size, crop_pct=crop_pct, no_crop=no_crop, out=out, fmt=fmt, scale=scale, batch_size=batch_size,
-                dpi=dpi, json_out=json_out, threads=threads)
+                dpi=dpi, json_out=json_out, threads=threads, num_classes=num_classes)
     if code:
         raise typer.Exit(code)

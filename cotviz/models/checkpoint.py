@@ -301,7 +301,7 @@ def _select_weights(obj: Any, path: Path, use_ema: bool | None,
     if found is not None:
         if use_ema and depth == 0:
             raise CheckpointError(f"{path.name} has no EMA weights (it is a plain state_dict): "
-                                  "load it with use_ema=False (CLI: --no-ema)")
+                                  "load it with use_ema=False")
         return found[0], found[1], False, False
     if not isinstance(obj, Mapping) or isinstance(obj, InertObject) or depth >= _MAX_NESTING:
         what = type(obj).__name__ if not isinstance(obj, InertObject) else obj.cotviz_global
@@ -311,7 +311,7 @@ def _select_weights(obj: Any, path: Path, use_ema: bool | None,
     main_key = next((k for k in _MAIN_KEYS if k in present), None)
     if use_ema is True and ema_key is None:
         raise CheckpointError(f"{path.name} has no EMA weights (no state_dict_ema; keys: "
-                              f"{_keys_preview(obj)}): load it with use_ema=False (CLI: --no-ema)")
+                              f"{_keys_preview(obj)}): load it with use_ema=False")
     if use_ema is False and main_key is None and ema_key is not None:
         raise CheckpointError(f"{path.name} holds only EMA weights ({ema_key!r}): load it with use_ema=True "
                               "or leave use_ema unset")

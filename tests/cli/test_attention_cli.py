@@ -217,6 +217,23 @@ def test_same_command_twice_gives_identical_outputs_svg_per_panel_head(runner: C
     assert meta["head"] == 3 and meta["blocks"] == ["stage4.block2"] and meta["scale"] == "per-panel"
 
 
+def test_num_classes_loads_a_checkpoint_fine_tuned_on_another_label_set(runner: CliRunner, handset_weights: Path,
+                                                                         tmp_path: Path) -> None:
+    """The classes error names --num-classes; with it the same checkpoint loads and predicts among 10 classes."""
+    sd = torch.load(handset_weights, weights_only=True)
+    sd["fc.weight"], sd["fc.bias"] = sd["fc.weight"][:10].clone(), sd["fc.bias"][:10].clone()
+    ten = tmp_path / "ten.pt"
+    torch.save(sd, ten)
+    args = [str(COFFEE), "--stage", "1", "--size", "64", "--weights", str(ten), "--json"]
+    r = invoke(runner, [*args, "--out", str(tmp_path / "a")])
+    assert r.exit_code == 1 and "--num-classes 10" in r.stderr and "Traceback" not in r.output
+    r = invoke(runner, [*args, "--num-classes", "10", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert 0 <= json.loads(r.stdout)["images"][0]["prediction"]["class"] < 10
+    r = invoke(runner, [*args, "--num-classes", "0", "--out", str(tmp_path / "c")])
+    assert r.exit_code != 0 and "--num-classes must be at least 1" in r.stderr
+
+
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["{missing}"], 1, "no such file"),
     (["{notes}"], 1, "not an image"),
