@@ -10,8 +10,6 @@ import typer
 
 from cotviz.cli._common import OutputFormat, console, handle_errors, settle_gc
 
-_CONVENTIONS = ("complete", "official")
-
 
 def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
     from cotviz.errors import InvalidArgumentError
@@ -97,10 +95,11 @@ def profile(
     from cotviz.profile.api import profile_model
     from cotviz.profile.measure import measure_model, parse_device, parse_dtype
     from cotviz.profile.render import render_csv, render_json, render_markdown, render_table, render_text
+    from cotviz.profile.report import CONVENTIONS
 
     settle_gc()
     output = OutputFormat(_choice(fmt, tuple(f.value for f in OutputFormat), "format"))
-    conv = _choice(convention, _CONVENTIONS, "convention")
+    conv = _choice(convention, CONVENTIONS, "convention")
     parse_dtype(dtype)
     if measure or plot is not None:
         parse_device(device)

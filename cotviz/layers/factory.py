@@ -8,7 +8,7 @@ fixed skeleton means changing one string (timm ``create_attn`` / ``byoanet`` sty
     create_spatial_layer("conv", 64)         # plain 3x3 conv + BN + ReLU (ResNet)
 
 A builder receives ``(channels, stride=..., cardinality=..., act_layer=...)`` and returns a module
-mapping (B, C, H, W) -> (B, C, H/stride, W/stride). Layers whose class says ``supports_stride = False``
+mapping (B, C, H, W) -> (B, C, H/stride, W/stride). Layers registered with ``supports_stride=False``
 (CoT) are always built with stride 1; the bottleneck then pools before them.
 """
 

@@ -16,8 +16,6 @@ __all__ = ["SplitAttnConv2d"]
 class SplitAttnConv2d(nn.Module):
     """KxK conv with split attention over ``radix`` branches. (B, Cin, H, W) -> (B, Cout, H/s, W/s)."""
 
-    supports_stride = True
-
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  dilation: int = 1, groups: int = 1, *, radix: int = 1, reduction_factor: int = 4,
                  min_attn_chs: int = 32, act_layer: type[nn.Module] = nn.ReLU) -> None:

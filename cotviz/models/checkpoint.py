@@ -201,7 +201,7 @@ def _load_error(path: Path, err: BaseException) -> CheckpointError:
     return CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {first}")
 
 
-def _torch_load(path: Path, kind: str) -> tuple[Any, str, frozenset[str]]:
+def _torch_load(path: Path) -> tuple[Any, str, frozenset[str]]:
     """Unpickle a ``torch.save`` file without running its code.
 
     Returns ``(object, loader, neutralized_globals)``.
@@ -383,7 +383,7 @@ def read_checkpoint(path: str | Path, *,
         if not obj:
             raise CheckpointError(f"{path.name} contains no tensors: it is not a weights file")
     else:
-        obj, loader, neutralized = _torch_load(path, kind)
+        obj, loader, neutralized = _torch_load(path)
     sd, source, has_ema, used_ema = _select_weights(obj, path, use_ema)
     sd, stripped = _strip_prefixes(sd)
 

@@ -9,7 +9,7 @@ from torch import nn
 from cotviz.errors import InvalidArgumentError
 from cotviz.profile.counting import build_meta_model, count_model
 from cotviz.profile.measure import MeasureResult, parse_dtype
-from cotviz.profile.report import ProfileReport, summarize
+from cotviz.profile.report import CONVENTIONS, ProfileReport, summarize
 
 __all__ = ["AccuracyPoint", "accuracy_point", "default_size", "profile_model", "total_stride"]
 
@@ -40,7 +40,6 @@ def profile_model(name: str, *, size: int | None = None, batch: int = 1, convent
         dtype: activation/input dtype for the memory estimate (``float32``, ``float16``, ``bfloat16``).
     """
     from cotviz.models.registry import resolve_name
-    from cotviz.profile.report import CONVENTIONS
 
     canonical = resolve_name(name)
     if convention not in CONVENTIONS:
