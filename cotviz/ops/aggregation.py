@@ -31,6 +31,8 @@ code runs on CUDA (and meta) tensors. float16 / bfloat16 accumulate in float32 a
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,8 +121,10 @@ def _axis_range(size: int, out: int, pos: int, geo: _Geometry) -> tuple[slice, s
     return slice(lo, hi), slice(start, start + s * (hi - lo - 1) + 1, s)
 
 
-def _taps(geo: _Geometry) -> list[_Tap]:
-    """Non-empty taps, the centre first (it covers the whole output for "same" padding)."""
+@functools.lru_cache(maxsize=256)
+def _taps(geo: _Geometry) -> tuple[_Tap, ...]:
+    """Non-empty taps, the centre first (it covers the whole output for "same" padding); computed once per
+    geometry (every forward and backward of a layer asks again)."""
     k = geo.kernel_size
     centre = (k // 2) * k + k // 2
     order = [centre] + [i for i in range(k * k) if i != centre]
@@ -134,7 +138,7 @@ def _taps(geo: _Geometry) -> list[_Tap]:
         covers_out = oh == slice(0, geo.out_h) and ow == slice(0, geo.out_w)
         covers_in = geo.stride == 1 and ih == slice(0, geo.height, 1) and iw == slice(0, geo.width, 1)
         taps.append(_Tap(i, oh, ow, ih, iw, covers_out, covers_in))
-    return taps
+    return tuple(taps)
 
 
 def _check(
@@ -327,7 +331,7 @@ def _grad_output_view(grad: Tensor, geo: _Geometry) -> Tensor:
     return grad.unflatten(1, (geo.heads, geo.groups, geo.cw))  # (B, heads, C/Cw, Cw, Ho, Wo)
 
 
-def _grad_input(go: Tensor, wv: Tensor, geo: _Geometry, taps: list[_Tap]) -> Tensor:
+def _grad_input(go: Tensor, wv: Tensor, geo: _Geometry, taps: Sequence[_Tap]) -> Tensor:
     """``grad_x[shifted rect] += sum_head grad_out[rect] * w_k[rect]`` tap by tap.
 
     Args:
@@ -352,7 +356,7 @@ def _grad_input(go: Tensor, wv: Tensor, geo: _Geometry, taps: list[_Tap]) -> Ten
     return gx
 
 
-def _grad_weight(go: Tensor, xv: Tensor, geo: _Geometry, taps: list[_Tap]) -> Tensor:
+def _grad_weight(go: Tensor, xv: Tensor, geo: _Geometry, taps: Sequence[_Tap]) -> Tensor:
     """``grad_w[:, :, :, k][rect] = sum_g grad_out[g][rect] * x_g[shifted rect]`` tap by tap.
 
     The sum over the C/Cw channel groups is a chain of in-place multiply-adds for large maps (no
