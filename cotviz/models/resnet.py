@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch.nn.functional as F
@@ -115,15 +115,19 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
+    @staticmethod
+    def width_of(planes: int, base_width: int, cardinality: int) -> int:
+        """Channels of the 3x3 slot: ``floor(planes * base_width / 64) * cardinality`` (timm ResNet)."""
+        return int(math.floor(planes * (base_width / 64)) * cardinality)
+
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, *,
                  spatial_layer: str = "cot", cardinality: int = 1, base_width: int = 64,
                  act_layer: type[nn.Module] = nn.ReLU, spatial_act_layer: type[nn.Module] = nn.ReLU,
                  downsample_mode: DownsampleMode = "op", drop_path: float = 0.0) -> None:
         super().__init__()
-        width = int(math.floor(planes * (base_width / 64)) * cardinality)
+        width = self.width_of(planes, base_width, cardinality)
         outplanes = planes * self.expansion
         self.spatial_layer = spatial_layer
-        self.width = width
         self.stride = stride
         op_strides = downsample_mode == "op" and spatial_layer_supports_stride(spatial_layer)
         self.conv1 = nn.Conv2d(inplanes, width, kernel_size=1, bias=False)
@@ -169,16 +173,6 @@ def _downsample(inplanes: int, outplanes: int, stride: int, avg_down: bool) -> n
     return nn.Sequential(pool, nn.Conv2d(inplanes, outplanes, 1, bias=False), nn.BatchNorm2d(outplanes))
 
 
-@dataclass
-class _StemSpec:
-    stem_type: str
-    stem_width: int
-    inplanes: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.inplanes = self.stem_width * 2 if "deep" in self.stem_type else 64
-
-
 class CoTResNet(nn.Module):
     """ResNet-style network with a named spatial operator in every bottleneck.
 
@@ -216,8 +210,7 @@ class CoTResNet(nn.Module):
         self.drop_rate = drop_rate
         self.layers = [int(n) for n in layers]
 
-        stem = _StemSpec(stem_type, stem_width)
-        inplanes = stem.inplanes
+        inplanes = stem_width * 2 if "deep" in stem_type else 64
         if "deep" in stem_type:
             c1, c2 = (3 * (stem_width // 4), stem_width) if "tiered" in stem_type else (stem_width, stem_width)
             self.conv1: nn.Module = nn.Sequential(
@@ -242,7 +235,7 @@ class CoTResNet(nn.Module):
                 s = stride if idx == 0 else 1
                 down = _downsample(inplanes, outplanes, s, avg_down) if idx == 0 and (
                     s != 1 or inplanes != outplanes) else None
-                width = int(math.floor(planes * (base_width / 64)) * cardinality)
+                width = Bottleneck.width_of(planes, base_width, cardinality)
                 dpr = drop_path_rate * block_no / max(net_blocks - 1, 1)
                 blocks.append(Bottleneck(
                     inplanes, planes, s, down, spatial_layer=route(stage, idx, width), cardinality=cardinality,
