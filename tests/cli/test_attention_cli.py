@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import math
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -300,13 +298,7 @@ def test_plain_files_are_listed_without_pillows_extension_table(files: dict[str,
     assert batch / "coffee.png" in paths and [p.item for p in problems] == [mixed[1]]
 
 
-def _python(code: str) -> None:
-    """Run ``code`` in a fresh interpreter (clean ``sys.modules`` and GC state); fail with its stderr."""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-
-
-def test_a_run_without_gradcam_imports_neither_captum_nor_pyplot(tmp_path: Path) -> None:
+def test_a_run_without_gradcam_imports_neither_captum_nor_pyplot(tmp_path: Path, fresh_python: Any) -> None:
     """captum is imported only for --gradcam; figures never touch pyplot's global state; --help needs no torch."""
     code = (
         "import sys\n"
@@ -320,11 +312,11 @@ def test_a_run_without_gradcam_imports_neither_captum_nor_pyplot(tmp_path: Path)
         "assert 'captum' not in sys.modules, 'captum imported without --gradcam'\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
     )
-    _python(code)
+    fresh_python(code)
     assert (tmp_path / "coffee_cotnet50_stage1.png").stat().st_size > 0
 
 
-def test_console_script_defers_gc_until_the_imports_are_in(tmp_path: Path) -> None:
+def test_console_script_defers_gc_until_the_imports_are_in(tmp_path: Path, fresh_python: Any) -> None:
     """main() turns the collector off for start-up; the command freezes the imported objects and turns it
     back on before its real work, and collects between images. In-process use leaves the collector alone."""
     code = (
@@ -349,7 +341,7 @@ def test_console_script_defers_gc_until_the_imports_are_in(tmp_path: Path) -> No
         "assert seen['after'] == (True, True), seen\n"
         "assert gc.isenabled()\n"
     )
-    _python(code)
+    fresh_python(code)
     assert (tmp_path / "coffee_cotnet50_stage1.png").stat().st_size > 0
 
 

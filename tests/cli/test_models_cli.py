@@ -6,8 +6,6 @@ Also checks the CLI's promise that ``--help`` does not import torch (command mod
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -92,18 +90,15 @@ def test_help(runner: CliRunner) -> None:
     assert "--json" in sub.stdout
 
 
-def test_importing_the_cli_does_not_import_torch() -> None:
-    code = "import cotviz.cli.app, sys; assert 'torch' not in sys.modules"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+def test_importing_the_cli_does_not_import_torch(fresh_python: Any) -> None:
+    fresh_python("import cotviz.cli.app, sys; assert 'torch' not in sys.modules")
 
 
-def test_help_does_not_import_torch() -> None:
+def test_help_does_not_import_torch(fresh_python: Any) -> None:
     code = ("import sys\n"
             "from typer.testing import CliRunner\n"
             "from cotviz.cli.app import app\n"
             "result = CliRunner().invoke(app, ['--help'])\n"
             "assert result.exit_code == 0, result.output\n"
             "assert 'torch' not in sys.modules, 'cotviz --help imported torch'\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    fresh_python(code)
