@@ -194,7 +194,7 @@ def test_batch_with_a_bad_file_same_stems_gradcam_and_json(runner: CliRunner, fi
             assert npz["stage2.block2/attention_energy"].shape == (8, 8)
 
 
-def test_same_command_twice_gives_identical_outputs_svg_per_panel_head(runner: CliRunner, tmp_path: Path) -> None:
+def test_same_command_twice_gives_identical_outputs_pdf_per_panel_head(runner: CliRunner, tmp_path: Path) -> None:
     outs = []
     for run in ("a", "b"):
         args = [str(COFFEE), "--stage", "4", "--block", "2", "--head", "3", "--size", "64", "--scale", "per-panel",
