@@ -15,6 +15,7 @@ __all__ = [
     "CaptureError",
     "InvalidArgumentError",
     "OutputError",
+    "ResourceLimitError",
 ]
 
 
@@ -51,3 +52,7 @@ class InvalidArgumentError(CotvizError):
 
 class OutputError(CotvizError):
     """An output location that cannot be written."""
+
+
+class ResourceLimitError(InvalidArgumentError):
+    """Work that would need more memory or CPUs than this machine gives (refused before allocating)."""
