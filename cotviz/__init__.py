@@ -7,6 +7,7 @@ Public API (imported lazily, so ``import cotviz`` and ``cotviz --help`` do not w
     with cotviz.capture(model, stages=[3]) as cap:
         model(x)
     cap["stage3.block1"].attention        # (B, 1, C/8, 9, H, W)
+    ex = cotviz.explain(model, "photo.jpg", stage=3)   # maps, kernels, rollout, Grad-CAM; .figure(), .save()
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "capture",
+    "explain",
+    "explain_many",
+    "Explanation",
     "CotvizError",
 ]
 
@@ -30,6 +34,9 @@ _LAZY: dict[str, str] = {
     "list_models": "cotviz.models.registry",
     "load_checkpoint": "cotviz.models.checkpoint",
     "capture": "cotviz.capture",
+    "explain": "cotviz.explain",
+    "explain_many": "cotviz.explain",
+    "Explanation": "cotviz.explain",
     "CotvizError": "cotviz.errors",
 }
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cotviz.analysis.stats import summarize
+from cotviz.analysis.stats import summarize_record
 from cotviz.capture import capture
 from cotviz.models import create_model
 
@@ -54,7 +54,7 @@ def main() -> None:
             ("dynamic_fraction", "K2 frac"), ("dynamic_weight", "K2 wt")]
     print(f"{'block':<15}{'operator':<11}{'map':>7}{'stride':>7}" + "".join(f"{h:>9}" for _, h in cols))
     for rec in cap.values():
-        s = summarize(rec)
+        s = summarize_record(rec)
         h, w = rec.feature_size or (0, 0)
         cells = "".join(f"{s[k]:>9.3f}" if k in s else f"{'-':>9}" for k, _ in cols)
         print(f"{rec.name:<15}{rec.layer_type:<11}{f'{h}x{w}':>7}{rec.feature_stride:>7}{cells}")

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from cotviz.analysis import stats
+from cotviz.analysis.catalog import DEFAULT_MAPS, MAP_INFO, MapInfo
 from cotviz.capture.records import TAP_NAMES, Record
 from cotviz.errors import CaptureError, InvalidArgumentError
 
@@ -58,33 +59,13 @@ MapFn = Callable[[Record, "int | None"], Tensor]
 
 
 @dataclass(frozen=True)
-class MapSpec:
-    """Definition of one map type.
+class MapSpec(MapInfo):
+    """A map type of :data:`cotviz.analysis.catalog.MAP_INFO` with its computation.
 
-    Attributes:
-        name: registry key (``--map`` value, npz key suffix).
-        label: short human name for titles.
-        units: what a colour bar value means (the map's real units).
-        formula: exact definition, as written to the JSON metadata.
-        taps: capture taps the map needs.
-        per_head: True for maps defined per attention head (mean over heads by default).
-        cmap: matplotlib colour map name for figures.
-        compute: ``(record, head) -> (B, H, W)``.
+    ``compute``: ``(record, head) -> (B, H, W)``.
     """
 
-    name: str
-    label: str
-    units: str
-    formula: str
-    taps: tuple[str, ...]
-    per_head: bool
-    cmap: str
     compute: MapFn
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-ready definition (everything but the function)."""
-        return {"name": self.name, "label": self.label, "units": self.units, "formula": self.formula,
-                "taps": list(self.taps), "per_head": self.per_head}
 
 
 def select_head(per_head: Tensor, head: int | None) -> Tensor:
@@ -142,36 +123,19 @@ def _dynamic_share(record: Record, head: int | None) -> Tensor:
                              _channels(record, "fusion_weights", head))
 
 
-_SPECS: tuple[MapSpec, ...] = (
-    MapSpec("attention_energy", "attention energy", "||A||₂ over the k×k window (GroupNorm units)",
-            "E(p) = sqrt(sum_j A_j(p)^2), A = GroupNorm output of embed (signed), j over the k*k window",
-            ("attention",), True, "magma", _attention_map(stats.attention_energy)),
-    MapSpec("attention_entropy", "attention entropy (softmax over k×k)", "nats, 0 … ln k²",
-            "H(p) = -sum_j p_j log p_j with p = softmax_j(A_j(p)) over the k*k window (A is not a "
-            "distribution; this is the entropy of its softmax)",
-            ("attention",), True, "viridis", _attention_map(stats.attention_entropy)),
-    MapSpec("center_weight", "centre weight (softmax over k×k)", "softmax share of the centre, 0 … 1",
-            "c(p) = softmax_j(A_j(p))[centre]; 1/k^2 when the window is flat",
-            ("attention",), True, "cividis", _attention_map(stats.center_weight_share)),
-    MapSpec("static_energy", "static context energy", "RMS over channels of K1",
-            "sqrt(mean_c K1_c(p)^2), K1 = key_embed(x) (k×k grouped conv, BN, ReLU)",
-            ("static_context",), False, "inferno", _context_map("static_context")),
-    MapSpec("dynamic_energy", "dynamic context energy", "RMS over channels of K2",
-            "sqrt(mean_c K2_c(p)^2), K2 = SiLU(BN(local aggregation of values with A))",
-            ("dynamic_context",), False, "inferno", _context_map("dynamic_context")),
-    MapSpec("dynamic_share", "dynamic share of fused output", "fraction of ||Y||², 0 … 1",
-            "sum_c (a_c0 K2_c)^2 / sum_c [(a_c0 K2_c)^2 + (a_c1 K1_c)^2], a = fusion weights (B, C, 2), "
-            "a_c0 on the dynamic context K2, a_c1 on the static context K1",
-            ("static_context", "dynamic_context", "fusion_weights"), False, "coolwarm", _dynamic_share),
-    MapSpec("output_energy", "fused output energy", "RMS over channels of Y",
-            "sqrt(mean_c Y_c(p)^2), Y = a_0 K2 + a_1 K1 (the CoT layer output)",
-            ("output",), False, "inferno", _context_map("output")),
-)
+_COMPUTE: dict[str, MapFn] = {
+    "attention_energy": _attention_map(stats.attention_energy),
+    "attention_entropy": _attention_map(stats.attention_entropy),
+    "center_weight": _attention_map(stats.center_weight_share),
+    "static_energy": _context_map("static_context"),
+    "dynamic_energy": _context_map("dynamic_context"),
+    "dynamic_share": _dynamic_share,
+    "output_energy": _context_map("output"),
+}
 
 #: Every map type by name, in display order (read-only).
-MAPS: Mapping[str, MapSpec] = MappingProxyType({s.name: s for s in _SPECS})
-#: Maps drawn when ``--map`` is not given.
-DEFAULT_MAPS: tuple[str, ...] = ("attention_entropy", "static_energy", "dynamic_energy", "dynamic_share")
+MAPS: Mapping[str, MapSpec] = MappingProxyType({n: MapSpec(**vars(info), compute=_COMPUTE[n])
+                                                for n, info in MAP_INFO.items()})
 
 
 def parse_map_names(names: Iterable[str] | None) -> tuple[str, ...]:

@@ -20,8 +20,8 @@ from cotviz.capture.records import Record, attention_heads
 from cotviz.errors import CaptureError
 
 __all__ = [
-    "attention_energy", "attention_entropy", "center_weight_share", "context_energy", "dynamic_share",
-    "fused_output_energy", "summarize",
+    "attention_energy", "attention_entropy", "center_weight_share", "context_energy", "fusion_preference",
+    "fused_output_energy", "summarize_record",
 ]
 
 
@@ -83,7 +83,7 @@ def fused_output_energy(output: Tensor | Record) -> Tensor:
     return context_energy(output, "output")
 
 
-def dynamic_share(fusion_weights: Tensor | Record) -> dict[str, Tensor]:
+def fusion_preference(fusion_weights: Tensor | Record) -> dict[str, Tensor]:
     """How much the fusion favours the dynamic context K2, per sample.
 
     With a = fusion weights (B, C, 2) (``[..., 0]`` weights K2, ``[..., 1]`` K1, a_0 + a_1 = 1):
@@ -95,7 +95,7 @@ def dynamic_share(fusion_weights: Tensor | Record) -> dict[str, Tensor]:
     return {"fraction": (a[..., 0] > a[..., 1]).float().mean(dim=1), "mean_weight": a[..., 0].mean(dim=1)}
 
 
-def summarize(record: Record) -> dict[str, float]:
+def summarize_record(record: Record) -> dict[str, float]:
     """Scalar statistics of one record, each the mean over batch, heads/channels and positions.
 
     Keys (present when the needed tensor was captured): ``attention_energy``,
@@ -115,7 +115,7 @@ def summarize(record: Record) -> dict[str, float]:
     if record.output is not None:
         out["output_energy"] = fused_output_energy(record.output).mean().item()
     if record.fusion_weights is not None:
-        share = dynamic_share(record.fusion_weights)
+        share = fusion_preference(record.fusion_weights)
         out["dynamic_fraction"] = share["fraction"].mean().item()
         out["dynamic_weight"] = share["mean_weight"].mean().item()
     out["block_output_energy"] = context_energy(record.block_output).mean().item()

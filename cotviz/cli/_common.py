@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import functools
 import gc
-import json
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import Enum
 from typing import Any, TypeVar
 
 import typer
 
-__all__ = ["DEBUG", "OutputFormat", "console", "err_console", "fail", "handle_errors", "print_json"]
+__all__ = ["DEBUG", "FLAG", "OutputFormat", "console", "err_console", "fail", "handle_errors", "print_json",
+           "route_warnings"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Set by the ``--debug`` global option: show tracebacks instead of one-line errors.
 DEBUG = {"enabled": False}
+#: ``metavar`` of a boolean flag: nothing (Typer would show ``<bool>``, as if the flag took a value).
+FLAG = ""
 
 
 class OutputFormat(str, Enum):
@@ -72,15 +76,39 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+@contextmanager
+def route_warnings() -> Iterator[None]:
+    """Show every Python warning raised inside as one ``warning: ...`` line on stderr (each message once), without
+    the internal file path and source line Python prints (``--debug`` keeps Python's format)."""
+    if DEBUG["enabled"]:
+        yield
+        return
+    seen: set[str] = set()
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        text = " ".join(str(message).split())
+        if text not in seen:
+            seen.add(text)
+            print(f"warning: {text}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
+
+
 def handle_errors(fn: F) -> F:
-    """Turn domain errors into one stderr line and a non-zero exit (``--debug``: re-raise)."""
+    """Turn domain errors into one stderr line and a non-zero exit (``--debug``: re-raise); route warnings
+    through :func:`route_warnings`."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from cotviz.errors import CotvizError
 
         try:
-            return fn(*args, **kwargs)
+            with route_warnings():
+                return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, BrokenPipeError):
             raise
         except CotvizError as err:
@@ -98,5 +126,8 @@ def handle_errors(fn: F) -> F:
 
 
 def print_json(data: Any) -> None:
-    """Machine-readable output on stdout (plain ``print``: no rich markup or wrapping)."""
-    print(json.dumps(data, indent=2, default=str))
+    """Machine-readable output on stdout (plain ``print``: no rich markup or wrapping), through the one JSON
+    encoder (:func:`cotviz.io.outputs.json_text`: NaN/Inf -> null, paths and numpy/torch scalars converted)."""
+    from cotviz.io.outputs import json_text
+
+    print(json_text(data), end="")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from cotviz.errors import OutputError
+from cotviz.formats import FigureFormat
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -36,19 +37,12 @@ __all__ = [
     "OutputPaths",
     "ensure_out_dir",
     "json_ready",
+    "json_text",
     "output_bases",
     "save_figure",
     "write_json",
     "write_npz",
 ]
-
-
-class FigureFormat(str, Enum):
-    """Figure file formats."""
-
-    png = "png"
-    svg = "svg"
-    pdf = "pdf"
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -217,9 +211,15 @@ def json_ready(obj: Any) -> Any:
     return str(obj)
 
 
+def json_text(data: Any) -> str:
+    """The one JSON encoder of cotviz (files, ``--json`` on stdout, every command): ``data`` made JSON-safe by
+    :func:`json_ready` (non-finite floats -> null), indented, UTF-8 characters kept, a final newline."""
+    return json.dumps(json_ready(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
 def write_json(path: Path, data: Any) -> None:
-    """``data`` (made JSON-safe by :func:`json_ready`) as indented UTF-8 JSON, atomically."""
-    payload = (json.dumps(json_ready(data), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    """``data`` as :func:`json_text` writes it, atomically."""
+    payload = json_text(data).encode("utf-8")
 
     def write(fh: IO[bytes]) -> None:
         fh.write(payload)

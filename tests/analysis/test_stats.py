@@ -12,9 +12,9 @@ from cotviz.analysis.stats import (
     attention_entropy,
     center_weight_share,
     context_energy,
-    dynamic_share,
     fused_output_energy,
-    summarize,
+    fusion_preference,
+    summarize_record,
 )
 from cotviz.capture import Record, capture
 from cotviz.errors import CaptureError
@@ -71,10 +71,10 @@ def test_context_energy_is_rms_over_channels() -> None:
     assert torch.allclose(fused_output_energy(x), expected)
 
 
-def test_dynamic_share() -> None:
+def test_fusion_preference() -> None:
     w0 = torch.tensor([[0.9, 0.6, 0.2, 0.5], [0.1, 0.1, 0.1, 0.7]])
     fw = torch.stack([w0, 1 - w0], dim=-1)  # (B=2, C=4, 2)
-    share = dynamic_share(fw)
+    share = fusion_preference(fw)
     assert share["fraction"].tolist() == [0.5, 0.25]  # 0.5 vs 0.5 is not "favours K2"
     assert torch.allclose(share["mean_weight"], torch.tensor([0.55, 0.25]))
 
@@ -83,7 +83,7 @@ def test_inputs_are_not_modified() -> None:
     a = torch.randn(1, 1, 2, 9, 3, 3)
     fw = torch.softmax(torch.randn(1, 16, 2), -1)
     before = (a.clone(), fw.clone())
-    attention_energy(a), attention_entropy(a), center_weight_share(a), dynamic_share(fw)
+    attention_energy(a), attention_entropy(a), center_weight_share(a), fusion_preference(fw)
     assert torch.equal(a, before[0]) and torch.equal(fw, before[1])
 
 
@@ -105,13 +105,13 @@ def test_record_inputs_and_summary(cls: type[CotLayer]) -> None:
     assert torch.equal(attention_entropy(rec), attention_entropy(heads))
     assert torch.equal(center_weight_share(rec), center_weight_share(heads))
     assert torch.equal(context_energy(rec, "dynamic_context"), context_energy(rec.dynamic_context))
-    s = summarize(rec)
+    s = summarize_record(rec)
     assert set(s) == {"attention_energy", "softmax_entropy", "center_share", "static_energy", "dynamic_energy",
                       "output_energy", "dynamic_fraction", "dynamic_weight", "block_output_energy"}
     assert 0.0 <= s["softmax_entropy"] <= math.log(9.0) and 0.0 <= s["dynamic_fraction"] <= 1.0
     assert s["dynamic_weight"] == pytest.approx(rec.fusion_weights[..., 0].mean().item())
     with capture(layer, taps=["output"]) as cap:
         layer(x)
-    assert set(summarize(cap["layer"])) == {"output_energy", "block_output_energy"}
+    assert set(summarize_record(cap["layer"])) == {"output_energy", "block_output_energy"}
     with pytest.raises(CaptureError, match="attention was not captured"):
         attention_energy(cap["layer"])
