@@ -107,13 +107,16 @@ class Explainer:
             model's pretrained config (``{"size": 320, "crop_pct": 1.0, "no_crop": False}``); default: the model's.
         weights, num_classes: with a model name, the checkpoint and its class count.
         device: ``"cpu"`` / ``"cuda"`` / ``"cuda:N"``.
+        memory_check: refuse (``ResourceLimitError``, before allocating) a batch whose forward would need more
+            memory than the device has available (:func:`cotviz.profile.estimate_forward_memory`).
     """
 
     def __init__(self, model: nn.Module | str, *, stage: int = 3, blocks: Iterable[int] | None = None,
                  head: int | None = None, maps: Iterable[str] | None = None, point: Any = None,
                  gradcam: bool = False, target: int | None = None,
-                 preprocess: PreprocessConfig | Mapping[str, Any] | None = None, weights: str | os.PathLike[str] | None = None, num_classes: int | None = None,
-                 device: str | torch.device | None = None) -> None:
+                 preprocess: PreprocessConfig | Mapping[str, Any] | None = None,
+                 weights: str | os.PathLike[str] | None = None, num_classes: int | None = None,
+                 device: str | torch.device | None = None, memory_check: bool = True) -> None:
         if target is not None:
             if isinstance(target, bool) or not isinstance(target, int) or target < 0:
                 raise InvalidArgumentError(f"--target must be a class index >= 0, got {target}")
@@ -140,6 +143,9 @@ class Explainer:
         self.gradcam, self.target = gradcam, target
         self.preprocess = preprocess if isinstance(preprocess, PreprocessConfig) else \
             preprocess_config(net, **dict(preprocess or {}))
+        self.memory_check = memory_check
+        self._checked: set[tuple[int, int]] = set()
+        self._check_memory(net, name, self.preprocess.input_size, 1)  # before weights load or an image is decoded
         if isinstance(model, str):
             self.loaded: LoadedModel = finish_model(net, name, weights)
             if self.loaded.untrained:
@@ -188,6 +194,7 @@ class Explainer:
         the inputs (an input already known to be unreadable) is passed through in its place."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidArgumentError(f"--batch-size must be at least 1, got {batch_size}")
+        self.check_memory(self.preprocess.input_size, batch_size)
         pending: list[ImageInput] = []
         for item in images:
             if isinstance(item, Explanation):
@@ -201,9 +208,34 @@ class Explainer:
                 pending = []
         yield from self.explain_batch(pending)
 
+    def check_memory(self, size: int, batch: int) -> None:
+        """Refuse a (batch, 3, size, size) forward that needs more memory than the device has available now.
+
+        Cheap for ordinary inputs: the meta-device count (~0.1 s) runs only when a generous bound (2 KiB per
+        input pixel and image plus the weights, about 10x what the CoTNets need) exceeds half the available memory.
+        """
+        self._check_memory(self.loaded.model, self.loaded.name, size, batch)
+
+    def _check_memory(self, model: nn.Module, name: str, size: int, batch: int) -> None:
+        if not self.memory_check or (size, batch) in self._checked:
+            return
+        from cotviz.profile.api import check_forward_memory, estimate_forward_memory
+        from cotviz.resources import available_memory
+
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        bound = 2048 * batch * size * size + weights
+        avail = available_memory() if device.type == "cpu" else None
+        if device.type != "cpu" or avail is None or bound > avail // 2:
+            check_forward_memory(estimate_forward_memory(model, size, batch), name, size=size, batch=batch,
+                                 device=device)
+        self._checked.add((size, batch))
+
     def _run(self, batch: list[Prepared]) -> list[Explanation]:
         """Forward one batch under capture and turn the records into explanations."""
         sel, model = self.selection, self.loaded.model
+        self.check_memory(int(batch[0].tensor.shape[-1]), len(batch))
         x = torch.stack([p.tensor for p in batch]).to(self.device)  # (B, 3, S, S)
         with torch.inference_mode(), capture(model, stages=[sel.stage], blocks=sel.capture_blocks, taps=sel.taps,
                                              device="cpu") as cap:
