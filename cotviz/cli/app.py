@@ -10,7 +10,7 @@ from cotviz._version import __version__
 from cotviz.cli import attention as attention_cmd
 from cotviz.cli import models as models_cmd
 from cotviz.cli import profile as profile_cmd
-from cotviz.cli._common import DEBUG, defer_gc
+from cotviz.cli._common import DEBUG, FLAG, defer_gc
 
 app = typer.Typer(
     name="cotviz",
@@ -29,9 +29,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, metavar=FLAG,
                                           help="Print the version and exit.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", metavar=FLAG, help="Show full tracebacks on errors.")] = False,
 ) -> None:
     """cotviz: analyse and visualise CoT attention."""
     DEBUG["enabled"] = debug

@@ -188,9 +188,9 @@ def attention(
     dpi: Annotated[int, typer.Option("--dpi", metavar="N", help="Figure resolution (PNG).")] = 100,
     json_out: Annotated[bool, typer.Option("--json", metavar=FLAG,
                                            help="Print a machine-readable summary on stdout.")] = False,
-    memory_check: Annotated[bool, typer.Option(
-        "--memory-check/--no-memory-check", help="Refuse, before allocating, a size or batch whose forward needs "
-                                                 "more memory than is available.")] = True,
+    no_memory_check: Annotated[bool, typer.Option(
+        "--no-memory-check", metavar=FLAG, help="Run even when the forward's estimated memory exceeds what is "
+                                                "available (by default such a size or batch is refused).")] = False,
     threads: Annotated[int | None, typer.Option(
         "--threads", metavar="N", help="torch intra-op threads, at most the CPUs this process may use. Default: "
                                        "min(cores, --batch-size, number of images); one image runs on one thread "
@@ -205,6 +205,6 @@ def attention(
                 json_out=json_out, threads=threads, size=size, crop_pct=crop_pct, no_crop=no_crop,
                 model=model, stage=stage, blocks=block, head=head, maps=[m.value for m in map_] if map_ else None,
                 point=point, gradcam=gradcam, target=target, weights=weights, num_classes=num_classes,
-                device=device.value, memory_check=memory_check)
+                device=device.value, memory_check=not no_memory_check)
     if code:
         raise typer.Exit(code)
