@@ -41,7 +41,19 @@ What :func:`load_image` guarantees
   effective limit is ``min(max_pixels, PIL.Image.MAX_IMAGE_PIXELS)``; cotviz never changes Pillow's global
   settings (``MAX_IMAGE_PIXELS``, ``ImageFile.LOAD_TRUNCATED_IMAGES``). The pixel data is fully decoded inside
   the call, so a truncated file raises here and not later.
+* **Memory**: before decoding, the peak memory of the call is estimated from the header (the decoded pixels,
+  the decoder's buffers -- two rows for PNG/GIF/BMP/..., a strip or tile for TIFF, the coefficients of a
+  progressive JPEG, a whole frame otherwise -- and the RGB result; Pillow also keeps an 8-byte pointer per row,
+  which dominates for a 1-pixel-wide strip) and the file is refused above ``max_decode_bytes``
+  (:data:`DEFAULT_MAX_DECODE_BYTES`, 640 MiB). The conversion to RGB runs tile by tile, so its extra memory is
+  the result plus about a megabyte, and the decoded pixels are freed before the EXIF transpose copies the
+  result. With that default, ``load_image`` + ``preprocess`` of any image Pillow's bomb limit accepts peaks
+  below 1 GiB of process RSS (interpreter and torch included) or fails with one line, whatever its shape
+  (tests/io/test_memory_bounds.py).
 * **Errors**: every failure is an :class:`cotviz.errors.ImageError` with a one-line message.
+* **Warnings**: what Pillow warns about while reading a file (corrupt EXIF data, odd TIFF tags, an invalid
+  APNG) is collected and issued as at most one :class:`ImageWarning` per file, one line naming the file;
+  ordinary files produce none.
 
 Coordinate convention
 ---------------------
@@ -55,10 +67,11 @@ from __future__ import annotations
 
 import functools
 import glob
+import math
 import os
 import stat
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, TypeVar
@@ -67,12 +80,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cotviz.errors import ImageError, InvalidArgumentError
+from cotviz.resources import format_bytes
 
 __all__ = [
     "ALPHA_BACKGROUND",
     "Coord",
+    "DEFAULT_MAX_DECODE_BYTES",
     "DEFAULT_MAX_PIXELS",
     "ExpandedInputs",
+    "ImageWarning",
     "InputProblem",
     "LoadedImage",
     "expand_inputs",
@@ -83,8 +99,22 @@ __all__ = [
 
 #: Default pixel limit, equal to Pillow's default ``Image.MAX_IMAGE_PIXELS`` (1 GiB / 4 bytes / 3 channels).
 DEFAULT_MAX_PIXELS: int = 1024 * 1024 * 1024 // 4 // 3
+#: Default memory limit for decoding one image (the estimate of :func:`load_image`, see "Memory" above):
+#: with the interpreter, torch and Pillow (about 220 MiB) a process stays below 1 GiB for any accepted image.
+DEFAULT_MAX_DECODE_BYTES: int = 640 * 1024 * 1024
 #: Background colour that alpha and palette transparency are composited over.
 ALPHA_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
+#: Pixels per tile of the conversion to RGB (1 MiB in a 4-byte mode).
+_TILE_PIXELS = 1 << 18
+#: Formats whose Pillow decoder holds a few rows at a time (all others: assumed to hold a whole frame).
+_ROW_DECODERS = frozenset({"PNG", "GIF", "BMP", "DIB", "PPM", "PCX", "TGA", "SGI", "QOI"})
+
+
+class ImageWarning(UserWarning):
+    """Something in an image file was damaged or odd but the pixels decoded (e.g. corrupt EXIF metadata).
+
+    The message is one line and names the file; :func:`load_image` issues at most one per file.
+    """
 
 #: A coordinate: a float, or a numpy array of them (the mapping helpers work elementwise).
 Coord = TypeVar("Coord", float, np.ndarray)
@@ -251,6 +281,8 @@ def _decode_error(path: Path, exc: BaseException) -> ImageError:
         return ImageError(
             f"truncated image file: {_show(path)} is incomplete ({reason}); re-download or re-export it"
         )
+    if isinstance(exc, MemoryError):
+        return ImageError(f"cannot decode {_show(path)}: Pillow could not allocate memory for its pixels")
     return ImageError(f"cannot decode {_show(path)}: {reason}")
 
 
@@ -263,55 +295,218 @@ def _read_orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and value in _FLIPPED_AXES else 1
 
 
+def _working_mode(im: Image.Image) -> tuple[str, bool]:
+    """The mode :func:`_working_image` gives ``im`` (one of L, RGB, RGBA, I, F) and whether it carries alpha."""
+    mode = im.mode
+    if mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode in ("P", "L", "RGB", "1") and "transparency" in im.info):
+        return "RGBA", True
+    if mode in ("L", "RGB", "I", "F"):
+        return mode, False
+    if mode == "1":
+        return "L", False
+    if mode.startswith("I;16"):
+        return "I", False
+    return "RGB", False  # P, CMYK, YCbCr, LAB, HSV, RGBX, ...
+
+
 def _working_image(im: Image.Image) -> tuple[Image.Image, bool]:
     """Convert a loaded image to one of L, RGB, RGBA, I, F (modes that ``reduce`` averages correctly).
 
-    Returns the image and whether it carries alpha (mode RGBA). Conversions here are exact (no bit-depth loss
-    for I;16 -> I, palette lookup for P); colour-space conversions to RGB happen at full decoded size because
-    they are not linear and must not be averaged first.
+    Returns the image (``im`` itself if it is already in its working mode) and whether it carries alpha.
+    Conversions here are exact (no bit-depth loss for I;16 -> I, palette lookup for P); colour-space
+    conversions to RGB happen at full decoded size because they are not linear and must not be averaged first.
     """
-    mode = im.mode
-    transparent = "transparency" in im.info
-    if mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode in ("P", "L", "RGB", "1") and transparent):
-        return im.convert("RGBA"), True
-    if mode in ("L", "RGB", "I", "F"):
-        return im, False
-    if mode == "1":
-        return im.convert("L"), False
-    if mode.startswith("I;16"):
-        return im.convert("I"), False
-    return im.convert("RGB"), False  # P, CMYK, YCbCr, LAB, HSV, RGBX, ...
+    mode, has_alpha = _working_mode(im)
+    return (im if im.mode == mode else im.convert(mode)), has_alpha
 
 
-def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
-    """Map an (H, W) int32 ("I") or float32 ("F") array to (H, W) uint8 by the rules in the module docstring."""
-    a = values.astype(np.float32)  # (H, W); exact for integers below 2**24, ample for an 8-bit result
+def _value_range(arrays: Iterable[np.ndarray]) -> tuple[float, float]:
+    """``(min, max)`` of the finite values of all the (H, W) arrays; ``(0, 0)`` if there is none."""
+    lo, hi = math.inf, -math.inf
+    for values in arrays:
+        finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    return (lo, hi) if lo <= hi else (0.0, 0.0)
+
+
+def _to_uint8(values: np.ndarray, mode: str, value_range: tuple[float, float]) -> np.ndarray:
+    """Map an (H, W) int32 ("I") or float32 ("F") array to (H, W) uint8 by the rules in the module docstring.
+
+    ``value_range`` is ``(min, max)`` of the finite values of the whole image (:func:`_value_range`), so a tile
+    maps exactly as it would inside the whole image; NaN and inf count as the minimum. Float64 arithmetic: exact
+    for every int32, and no overflow for the widest float32 range (``-3.4e38 .. 3.4e38``).
+    """
+    lo, hi = value_range
+    a = values.astype(np.float64)  # (H, W)
     finite = np.isfinite(a)
     if not finite.all():
-        a = np.where(finite, a, a[finite].min() if finite.any() else 0.0)
-    lo, hi = float(a.min()), float(a.max())
+        a = np.where(finite, a, lo)
     if mode == "I" and lo >= 0 and hi <= 65535:
-        out = np.rint(a / np.float32(257.0))  # 65535 -> 255: 16-bit data scaled, not clipped
+        out = np.rint(a / 257.0)  # 65535 -> 255: 16-bit data scaled, not clipped
     elif mode == "F" and lo >= 0 and hi <= 1:
-        out = np.rint(a * np.float32(255.0))
+        out = np.rint(a * 255.0)
     elif hi > lo:
-        out = np.rint((a - lo) * np.float32(255.0 / (hi - lo)))  # linear stretch of [lo, hi] onto [0, 255]
+        out = np.rint((a - lo) * (255.0 / (hi - lo)))  # linear stretch of [lo, hi] onto [0, 255]
     else:
         out = np.clip(np.rint(a), 0, 255)  # constant image outside the known ranges
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _finish_rgb(work: Image.Image) -> Image.Image:
-    """Turn a working image (L, RGB, RGBA, I, F) into an RGB image; RGBA is composited over white."""
+def _finish_rgb(work: Image.Image, value_range: tuple[float, float] | None = None) -> Image.Image:
+    """Turn a working image (L, RGB, RGBA, I, F) into an RGB image; RGBA is composited over white.
+
+    ``value_range``: the finite ``(min, max)`` of the whole image when ``work`` is one tile of it (I and F
+    only); None = ``work``'s own.
+    """
     if work.mode == "RGBA":
         background = Image.new("RGBA", work.size, (*ALPHA_BACKGROUND, 255))
         return Image.alpha_composite(background, work).convert("RGB")
     if work.mode in ("I", "F"):
-        gray = _to_uint8(np.asarray(work), work.mode)  # (H, W) uint8
+        values = np.asarray(work)  # (H, W) int32 / float32
+        gray = _to_uint8(values, work.mode, _value_range([values]) if value_range is None else value_range)
         return Image.fromarray(gray).convert("RGB")
     if work.mode == "L":
         return work.convert("RGB")
     return work
+
+
+def _tiles(width: int, height: int, factor: int) -> list[tuple[int, int, int, int]]:
+    """Boxes ``(x0, y0, x1, y1)`` covering the image in about :data:`_TILE_PIXELS` pixels each, row-major.
+
+    Tile sides are multiples of ``factor`` (except at the right and bottom edges), so reducing tile by tile
+    averages exactly the blocks that reducing the whole image would.
+    """
+    if width * factor <= _TILE_PIXELS:
+        tile_w = width
+    else:
+        tile_w = max(factor, _TILE_PIXELS // factor // factor * factor)
+    tile_h = max(factor, _TILE_PIXELS // tile_w // factor * factor)
+    return [(x, y, min(x + tile_w, width), min(y + tile_h, height))
+            for y in range(0, height, tile_h) for x in range(0, width, tile_w)]
+
+
+def _convert(im: Image.Image, factor: int) -> tuple[Image.Image, bool]:
+    """Any loaded image -> (8-bit RGB image reduced by the integer ``factor``, alpha flag), tile by tile.
+
+    Equal to converting the whole image to its working mode, ``reduce(factor)``, then to RGB (every step is
+    per pixel or per ``factor x factor`` block), but the extra memory is the output plus one tile, whatever the
+    image's shape: a 1 x 89-megapixel RGBA strip needs its own pixels and its RGB copy, not six full copies.
+
+    Raises:
+        ValueError: Pillow cannot convert the mode (the callers turn it into an ImageError).
+    """
+    width, height = im.size
+    work_mode, has_alpha = _working_mode(im)
+    tiles = _tiles(width, height, factor)
+    if factor > 1:  # reduce first (a working image of at most 1/4 of the pixels), then convert that
+        canvas = Image.new(work_mode, (-(-width // factor), -(-height // factor)))
+        for box in tiles:
+            canvas.paste(_working_image(im.crop(box))[0].reduce(factor), (box[0] // factor, box[1] // factor))
+        return _convert(canvas, 1)[0], has_alpha
+    value_range = None
+    if work_mode in ("I", "F"):  # the grey mapping depends on the whole image's range: one pass to find it
+        value_range = _value_range(np.asarray(_working_image(im.crop(box))[0]) for box in tiles)
+    out = Image.new("RGB", (width, height))
+    for box in tiles:
+        out.paste(_finish_rgb(_working_image(im.crop(box))[0], value_range), box[:2])
+    return out, has_alpha
+
+
+def _pixel_bytes(mode: str) -> int:
+    """Bytes per pixel Pillow stores for ``mode`` (1, 2 or 4)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
+
+
+def _image_bytes(width: int, height: int, pixel_bytes: int) -> int:
+    """Memory of a Pillow image: its pixels plus one 8-byte row pointer per row (1 GiB for a 1 x 89M strip)."""
+    return height * (width * pixel_bytes + 8)
+
+
+def _raw_pixel_bytes(im: Image.Image) -> int:
+    """Upper bound of the bytes per pixel in the file's rows: the stored size, doubled for 16-bit samples."""
+    stored = _pixel_bytes(im.mode)
+    for tile in getattr(im, "tile", None) or ():
+        args = tile[3] if len(tile) > 3 else None
+        rawmode = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else None
+        if isinstance(rawmode, str) and "16" in rawmode:
+            return 2 * stored
+    return stored
+
+
+def _tiff_chunk_bytes(im: Image.Image) -> int | None:
+    """Bytes of the largest strip or tile a TIFF decoder holds (raw samples + compressed data), from the tags."""
+    try:
+        tags = im.tag_v2  # type: ignore[attr-defined]
+        bits = tags.get(258, 8)
+        spp = int(tags.get(277, 1))
+        bits_per_pixel = sum(int(b) for b in bits) if isinstance(bits, tuple) else int(bits) * spp
+        width, height = im.size
+        if 322 in tags and 323 in tags:  # tiled
+            raw = -(-int(tags[322]) * bits_per_pixel // 8) * int(tags[323])
+            packed = tags.get(325, ())
+        else:
+            raw = -(-width * bits_per_pixel // 8) * min(int(tags.get(278, height)), height)
+            packed = tags.get(279, ())
+        packed = max((int(n) for n in (packed if isinstance(packed, tuple) else (packed,))), default=0)
+        return raw + packed
+    except Exception:  # odd tags: fall back to the whole-frame assumption
+        return None
+
+
+def _decode_estimate(im: Image.Image, stored_size: tuple[int, int], factor: int) -> int:
+    """Peak bytes :func:`load_image` needs for ``im`` (header read, possibly drafted) reduced by ``factor``.
+
+    ``stored_size`` is the size in the file (``im.size`` before a JPEG draft).
+
+    ``decoded + max(decoder buffers, conversion)``; the EXIF transpose needs no more (see :func:`_decode`).
+    Images count their row pointers (:func:`_image_bytes`). Decoder buffers: two rows for the
+    row decoders (:data:`_ROW_DECODERS`), the largest strip or tile for TIFF, progressive JPEG's coefficient
+    buffer (2 bytes per sample of the full image), otherwise one whole frame. Conversion: the RGB output (plus
+    the reduced working image when ``factor > 1``) plus a few tiles.
+    """
+    width, height = im.size
+    decoded = _image_bytes(width, height, _pixel_bytes(im.mode))
+    bands = len(im.getbands())
+    if im.format in _ROW_DECODERS:
+        buffers = 2 * width * _raw_pixel_bytes(im)  # the current and the previous row (PNG filters)
+    elif im.format == "JPEG":
+        progressive = bool(im.info.get("progressive"))
+        buffers = 2 * stored_size[0] * stored_size[1] * bands if progressive else 2 * 16 * width * bands * 2
+    elif im.format == "TIFF":
+        buffers = _tiff_chunk_bytes(im) or decoded
+    else:
+        buffers = decoded
+    output = _image_bytes(-(-width // factor), -(-height // factor), 4)
+    tiles = 4 * _image_bytes(1, _TILE_PIXELS, 4)  # a tile and its conversions (1 px wide: row pointers dominate)
+    conversion = (2 if factor > 1 else 1) * output + tiles
+    return decoded + max(buffers, conversion)
+
+
+def _memory_error(path: Path, im: Image.Image, needed: int, limit: int) -> ImageError:
+    """The decode-memory estimate is above the limit."""
+    width, height = im.size
+    return ImageError(
+        f"refusing {_show(path)}: decoding this {width}x{height} {im.mode} image needs about "
+        f"{format_bytes(needed)} of memory, above the limit of {format_bytes(limit)} (max_decode_bytes); "
+        "shrink or split the image, or raise max_decode_bytes if the machine has the memory"
+    )
+
+
+def _issue_warnings(path: Path, caught: list[warnings.WarningMessage]) -> None:
+    """Re-issue what Pillow warned about while reading ``path`` as one :class:`ImageWarning` line."""
+    messages = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+    if not messages:
+        return
+    more = f" (and {len(messages) - 1} more)" if len(messages) > 1 else ""
+    first = messages[0].rstrip(".")
+    if any(k in first.lower() for k in ("exif", "tag", "metadata", "xmp")):
+        text = f"{_show(path)}: damaged metadata ignored ({first}){more}; the pixels decoded normally"
+    else:
+        text = f"{_show(path)}: Pillow reported a problem ({first}){more}; the image decoded anyway"
+    warnings.warn(text, ImageWarning, stacklevel=3)
 
 
 def to_rgb(image: Image.Image) -> tuple[Image.Image, bool]:
@@ -323,12 +518,12 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, bool]:
     Raises:
         ImageError: the mode cannot be converted to RGB.
     """
+    if image.width < 1 or image.height < 1:
+        raise ImageError(f"cannot convert an image without pixels ({image.width}x{image.height})")
     try:
-        work, has_alpha = _working_image(image)
-        rgb = _finish_rgb(work)
+        return _convert(image, 1)  # always a new image
     except ValueError as exc:
         raise ImageError(f"unsupported image mode {image.mode!r}: {_reason(exc)}") from exc
-    return (rgb.copy() if rgb is image else rgb), has_alpha
 
 
 def load_image(
@@ -336,6 +531,7 @@ def load_image(
     *,
     max_side: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> LoadedImage:
     """Load an image file as an upright RGB image, decoding at reduced size when allowed.
 
@@ -347,6 +543,8 @@ def load_image(
             other formats: ``Image.reduce``), so both decoded sides stay ``>= max_side``. ``None``: full size.
         max_pixels: refuse files whose header declares more than this many pixels (before decoding anything).
             Pillow's own decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) applies as well.
+        max_decode_bytes: refuse files whose decoding this function estimates (from the header, before
+            decoding) to need more memory than this (see "Memory" in the module docstring).
 
     Returns:
         a :class:`LoadedImage` (RGB image + original size, reduction factor, source mode, format, orientation,
@@ -354,16 +552,22 @@ def load_image(
 
     Raises:
         ImageError: missing file, directory, empty file, permission denied, not an image / unsupported format,
-            truncated or corrupt data, too many pixels. Always one line.
-        InvalidArgumentError: ``max_side`` or ``max_pixels`` below 1.
+            truncated or corrupt data, too many pixels, too much memory. Always one line.
+        InvalidArgumentError: ``max_side``, ``max_pixels`` or ``max_decode_bytes`` below 1.
+
+    Warns:
+        ImageWarning: at most one line per file when Pillow warned while reading it (e.g. corrupt EXIF data).
     """
     if max_side is not None and max_side < 1:
         raise InvalidArgumentError(f"max_side must be a positive number of pixels, got {max_side}")
     if max_pixels < 1:
         raise InvalidArgumentError(f"max_pixels must be a positive number of pixels, got {max_pixels}")
+    if max_decode_bytes < 1:
+        raise InvalidArgumentError(f"max_decode_bytes must be a positive number of bytes, got {max_decode_bytes}")
     path = Path(path)
     fh = _open_file(path)
-    with fh, warnings.catch_warnings():
+    with fh, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # Pillow's warnings are collected and re-issued as one line below
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             im = Image.open(fh)  # reads the header only
@@ -373,42 +577,68 @@ def load_image(
             raise _bomb_error(path) from exc
         except Exception as exc:  # any other failure inside Pillow's header parsers
             raise _decode_error(path, exc) from exc
+        try:
+            loaded = _decode(im, path, max_side, max_pixels, max_decode_bytes)
+        finally:
+            im.close()  # frees the decoded pixels now, not when the garbage collector gets to them
+    _issue_warnings(path, caught)
+    return loaded
 
-        stored_w, stored_h = im.size
-        if stored_w * stored_h > max_pixels:
-            raise ImageError(
-                f"refusing {_show(path)}: {stored_w}x{stored_h} = {stored_w * stored_h} pixels is above the limit "
-                f"of {max_pixels} (possible decompression bomb); raise max_pixels only if you trust the file"
-            )
-        source_mode, fmt = im.mode, im.format
 
-        draft_factor = 1
+def _decode(
+    im: Image.Image, path: Path, max_side: int | None, max_pixels: int, max_decode_bytes: int
+) -> LoadedImage:
+    """The body of :func:`load_image` once the header is read: checks, decoding, conversion, orientation."""
+    stored_w, stored_h = im.size
+    if stored_w < 1 or stored_h < 1:
+        raise ImageError(f"cannot decode {_show(path)}: it declares {stored_w}x{stored_h} pixels")
+    if stored_w * stored_h > max_pixels:
+        raise ImageError(
+            f"refusing {_show(path)}: {stored_w}x{stored_h} = {stored_w * stored_h} pixels is above the limit "
+            f"of {max_pixels} (possible decompression bomb); raise max_pixels only if you trust the file"
+        )
+    source_mode, fmt = im.mode, im.format
+
+    draft_factor = 1
+    try:
         if max_side is not None and min(stored_w, stored_h) // max_side >= 2:
             drafted = im.draft("RGB", (max_side, max_side))  # JPEG only; other formats return None
             if drafted is not None and drafted[1][2] > 0:
                 draft_factor = round(stored_w / drafted[1][2])  # box = (0, 0, W / scale, H / scale)
-        try:
-            im.load()  # the full (possibly DCT-reduced) decode happens here, inside the try
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise _bomb_error(path) from exc
-        except Exception as exc:  # truncated data, corrupt streams, missing codecs, ...
-            raise _decode_error(path, exc) from exc
+        # What draft could not do (non-JPEG, or more than 1/8): the largest integer factor keeping both sides
+        # >= max_side.
+        reduce_factor = 1 if max_side is None else max(1, min(im.size) // max_side)
+        needed = _decode_estimate(im, (stored_w, stored_h), reduce_factor)
+        if needed > max_decode_bytes:
+            raise _memory_error(path, im, needed, max_decode_bytes)
+        im.load()  # the full (possibly DCT-reduced) decode happens here, inside the try
         orientation = _read_orientation(im)
-
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _bomb_error(path) from exc
+    except Exception as exc:  # truncated data, corrupt streams, missing codecs, out of memory, ...
+        raise _decode_error(path, exc) from exc
+    if min(im.size) < 1:
+        raise ImageError(f"cannot decode {_show(path)}: it decoded to {im.width}x{im.height} pixels")
+    # The EXIF transpose copies an image: at full resolution, of the decoded pixels if they are smaller than the
+    # RGB result (conversions are per pixel, so the order does not matter), else of the result once the decoded
+    # pixels are freed. Either way the peak stays within decoded + output, as _decode_estimate assumes.
+    transpose = _ORIENTATION_TRANSPOSE.get(orientation)
+    transpose_first = transpose is not None and reduce_factor == 1 and _pixel_bytes(im.mode) < 4
     try:
-        work, has_alpha = _working_image(im)
-    except ValueError as exc:
+        source = im.transpose(transpose) if transpose is not None and transpose_first else im
+        if source is not im:
+            im.close()
+        rgb, has_alpha = _convert(source, reduce_factor)
+    except MemoryError:
+        raise ImageError(f"cannot convert {_show(path)}: out of memory for its {im.width}x{im.height} pixels") from None
+    except (ValueError, OSError) as exc:  # Pillow: "conversion from X to Y not supported", odd palettes
         raise ImageError(f"unsupported image mode {source_mode!r} in {_show(path)}: {_reason(exc)}") from exc
-
-    # What draft could not do (non-JPEG, or more than 1/8): the largest integer factor keeping both sides >= max_side.
-    reduce_factor = 1 if max_side is None else max(1, min(work.width, work.height) // max_side)
-    if reduce_factor >= 2:
-        work = work.reduce(reduce_factor)  # box average (premultiplied for RGBA); size = ceil(size / factor)
-    rgb = _finish_rgb(work)
-    if orientation in _ORIENTATION_TRANSPOSE:
-        rgb = rgb.transpose(_ORIENTATION_TRANSPOSE[orientation])
-    if rgb is im:
-        rgb = rgb.copy()  # a plain Image, detached from the (closed) file object
+    source.close()
+    im.close()  # the decoded pixels are no longer needed: free them before the transpose copies the output
+    if transpose is not None and not transpose_first:
+        rgb = rgb.transpose(transpose)
 
     reduction = draft_factor * reduce_factor
     original_size = (stored_h, stored_w) if orientation in _SWAPS_AXES else (stored_w, stored_h)

@@ -12,6 +12,12 @@ The transform (timm ``transforms_imagenet_eval`` with ``crop_mode="center"``, i.
 
 With ``crop=False`` step 2 resizes the whole image to ``S x S`` (aspect ratio not kept) and step 3 is skipped.
 
+Bounded work: steps 2-3 run literally (bit for bit as timm) whenever the resize of the whole image is small
+(every ordinary photo); for an absurd aspect ratio (a 100000 x 1 strip would resize to 25.6 million x 256
+pixels) the crop box is computed first and only it is resampled onto ``S x S`` (within one grey level of the
+literal steps), and a side shrinking more than 32-fold is first box-averaged (Pillow's ``reducing_gap``
+scheme), so memory and time depend on ``S``, not on the image's shape.
+
 Geometry: coordinates are continuous pixel coordinates (pixel ``i`` covers ``[i, i + 1)``). Pillow's resize maps
 ``[0, w)`` of the source linearly onto ``[0, w_r)``, the crop is a translation and :func:`cotviz.io.load_image`'s
 draft/reduce is ``decoded = original / f + offset``, so original -> model input is one affine map per axis,
@@ -31,7 +37,6 @@ from PIL import Image
 
 from cotviz.errors import InvalidArgumentError
 from cotviz.io.images import Coord, LoadedImage, to_rgb
-from cotviz.models.configs import IMAGENET_MEAN, IMAGENET_STD, PretrainedCfg
 
 __all__ = [
     "IMAGENET_DEFAULT_MEAN",
@@ -43,13 +48,21 @@ __all__ = [
     "preprocess",
 ]
 
-#: The defaults of :class:`cotviz.models.PretrainedCfg`, used when a pretrained cfg lacks a field
-#: (timm's IMAGENET_DEFAULT_MEAN/STD and DEFAULT_CROP_PCT).
-IMAGENET_DEFAULT_MEAN: tuple[float, float, float] = IMAGENET_MEAN
-IMAGENET_DEFAULT_STD: tuple[float, float, float] = IMAGENET_STD
-DEFAULT_CROP_PCT: float = PretrainedCfg.crop_pct
+#: timm's ``IMAGENET_DEFAULT_MEAN`` / ``IMAGENET_DEFAULT_STD`` / ``DEFAULT_CROP_PCT``: what a pretrained cfg
+#: without those fields means. io owns these defaults (io does not import models); ``cotviz.models.configs``
+#: keeps the official per-variant values, whose defaults are the same numbers (tests/io/test_preprocess.py).
+IMAGENET_DEFAULT_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+DEFAULT_CROP_PCT: float = 0.875
 
 Interpolation = Literal["bicubic", "bilinear"]
+#: Whole-image resizes up to this many intermediate pixels (64 MiB) run as timm does (resize, then crop).
+_EXACT_RESIZE_PIXELS = 1 << 24
+#: Largest per-axis shrink factor resampled directly; beyond it see :func:`_resample_box`.
+_MAX_RESAMPLE_RATIO = 32.0
+_REDUCING_GAP = 3.0
+#: Filter support radius in source pixels at scale 1 (Pillow's bicubic: 2, bilinear: 1).
+_SUPPORT: dict[str, float] = {"bicubic": 2.0, "bilinear": 1.0}
 _RESAMPLE: dict[str, Image.Resampling] = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
@@ -206,6 +219,49 @@ def _resized_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, 
     return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
+def _exact_is_bounded(width: int, height: int, resized_w: int, resized_h: int) -> bool:
+    """Whether resizing the whole ``width x height`` image to ``resized_w x resized_h`` stays small.
+
+    Pillow resizes horizontally (a ``resized_w x height`` intermediate), then vertically, with about
+    ``4 * shrink`` filter weights per output pixel and axis; both are bounded here (64 MiB of intermediates,
+    shrink <= :data:`_MAX_RESAMPLE_RATIO`). True for every ordinary photo at any ``--size``.
+    """
+    shrink = max(width / resized_w, height / resized_h)
+    return resized_w * (height + resized_h) <= _EXACT_RESIZE_PIXELS and shrink <= _MAX_RESAMPLE_RATIO
+
+
+def _resample_box(
+    rgb: Image.Image, box: tuple[float, float, float, float], size: int, interpolation: Interpolation
+) -> Image.Image:
+    """The ``size x size`` model input resampled from ``box`` of ``rgb`` alone (continuous coordinates).
+
+    Equivalent to resizing the whole image and cropping (within one grey level on a few pixels: Pillow takes
+    box corners as float32, so a filter weight can round the other way), but the work and memory depend on
+    ``size`` and the box only: a 100000 x 1 strip would be 25.6 million x 256 pixels resized whole. Steps: cut
+    the box plus the filter's reach, then Pillow's two passes (horizontal, vertical, the order of a whole
+    resize) with the box shifted into the cut. A side that shrinks more than :data:`_MAX_RESAMPLE_RATIO` times
+    (``crop=False`` on an absurd strip: Pillow would keep ``4 * shrink`` weights per output pixel, gigabytes
+    for a 10^6-fold shrink) is first box-averaged by an integer factor leaving at least :data:`_REDUCING_GAP`
+    times the output, Pillow's own ``reducing_gap`` scheme (which its documentation calls indistinguishable
+    from exact resampling in most cases).
+    """
+    resample = _RESAMPLE[interpolation]
+    width, height = rgb.size
+    x0, y0, x1, y1 = box
+    shrink_x, shrink_y = (x1 - x0) / size, (y1 - y0) / size
+    fx = int(shrink_x / _REDUCING_GAP) if shrink_x > _MAX_RESAMPLE_RATIO else 1
+    fy = int(shrink_y / _REDUCING_GAP) if shrink_y > _MAX_RESAMPLE_RATIO else 1
+    # Source pixels a filter tap can reach beyond the box: support * max(1, shrink), plus a reduced pixel.
+    reach_x = _SUPPORT[interpolation] * max(1.0, shrink_x) + fx
+    reach_y = _SUPPORT[interpolation] * max(1.0, shrink_y) + fy
+    xa, xb = max(0, math.floor(x0 - reach_x)), min(width, math.ceil(x1 + reach_x))
+    ya, yb = max(0, math.floor(y0 - reach_y)), min(height, math.ceil(y1 + reach_y))
+    cut = rgb.reduce((fx, fy), box=(xa, ya, xb, yb)) if fx > 1 or fy > 1 else rgb.crop((xa, ya, xb, yb))
+    u0, v0, u1, v1 = (x0 - xa) / fx, (y0 - ya) / fy, (x1 - xa) / fx, (y1 - ya) / fy  # box in the cut
+    rows = cut.resize((size, cut.height), resample=resample, box=(u0, 0, u1, cut.height))  # horizontal pass
+    return rows.resize((size, size), resample=resample, box=(0, v0, size, v1))  # vertical pass
+
+
 def preprocess(image: Image.Image | LoadedImage, cfg: PreprocessConfig) -> Preprocessed:
     """Turn an image into the model input of ``cfg`` and record its crop box in original pixels.
 
@@ -232,23 +288,26 @@ def preprocess(image: Image.Image | LoadedImage, cfg: PreprocessConfig) -> Prepr
     width, height = rgb.size
     size = cfg.input_size
     resized_w, resized_h = _resized_size(width, height, cfg)
-    resized = rgb.resize((resized_w, resized_h), resample=_RESAMPLE[cfg.interpolation])
     if cfg.crop:
         left = int(round((resized_w - size) / 2.0))  # torchvision center_crop offsets
         top = int(round((resized_h - size) / 2.0))
-        model_img = resized.crop((left, top, left + size, top + size))
     else:
         left = top = 0
-        model_img = resized
-    display = np.array(model_img, dtype=np.uint8)  # (S, S, 3), own memory
-
     # Model-input box in decoded coordinates: resized = decoded * (w_r / w), model = resized - (left, top).
+    # Integer products first, so that e.g. (left + size) == resized_w gives exactly ``width``.
     box_decoded = (
         left * width / resized_w,
         top * height / resized_h,
         (left + size) * width / resized_w,
         (top + size) * height / resized_h,
     )
+    if _exact_is_bounded(width, height, resized_w, resized_h):  # timm's own steps, bit for bit
+        resized = rgb.resize((resized_w, resized_h), resample=_RESAMPLE[cfg.interpolation])
+        model_img = resized.crop((left, top, left + size, top + size)) if cfg.crop else resized
+    else:  # an absurd aspect ratio or shrink: resample only what the model sees
+        model_img = _resample_box(rgb, box_decoded, size, cfg.interpolation)
+    display = np.array(model_img, dtype=np.uint8)  # (S, S, 3), own memory
+
     if loaded is not None:  # decoded -> original: undo load_image's draft/reduce (and flipped-axis offset)
         x0, y0 = loaded.to_original(box_decoded[0], box_decoded[1])
         x1, y1 = loaded.to_original(box_decoded[2], box_decoded[3])

@@ -66,6 +66,19 @@ def test_config_from_cotnet50_cfg() -> None:
     assert CFG224.decode_side() == 512
 
 
+def test_io_defaults_equal_the_model_configs_defaults() -> None:
+    # io does not import models: the two copies of timm's ImageNet defaults must stay equal
+    from dataclasses import fields
+
+    from cotviz.io import DEFAULT_CROP_PCT
+    from cotviz.models.configs import IMAGENET_MEAN, IMAGENET_STD, PretrainedCfg
+
+    defaults = {f.name: f.default for f in fields(PretrainedCfg)}
+    assert (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, DEFAULT_CROP_PCT) == (
+        IMAGENET_MEAN, IMAGENET_STD, defaults["crop_pct"])
+    assert (defaults["mean"], defaults["std"]) == (IMAGENET_MEAN, IMAGENET_STD)
+
+
 def test_config_from_reference_manifest() -> None:
     manifest_path = REFERENCE_DIR / "state_dict_manifest.json"
     if not manifest_path.exists():
