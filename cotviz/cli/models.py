@@ -1,4 +1,8 @@
-"""``cotviz models``: the registered variants as a table (or JSON)."""
+"""``cotviz models``: the registered variants as a table (or JSON).
+
+Nothing is built: parameter and CoT-layer counts come from :func:`cotviz.models.meta.model_figures` (the
+recorded figures, tested equal to a meta-device build of every model).
+"""
 
 from __future__ import annotations
 
@@ -6,27 +10,32 @@ from typing import Annotated, Any
 
 import typer
 
-from cotviz.cli._common import console, handle_errors, print_json
+from cotviz.cli._common import FLAG, console, handle_errors, print_json
+
+__all__ = ["models"]
 
 
 def _rows(pattern: str) -> list[dict[str, Any]]:
-    from cotviz.layers.cot import CotLayer
+    from cotviz.errors import UnknownModelError
+    from cotviz.models.meta import model_figures
     from cotviz.models.registry import list_models, model_entry
-    from cotviz.profile.counting import build_meta_model
 
+    names = list_models(pattern)
+    if not names:
+        raise UnknownModelError(f"no registered model matches {pattern!r} (`cotviz models` lists them all)")
     rows = []
-    for name in list_models(pattern):
+    for name in names:
         entry = model_entry(name)
-        model = build_meta_model(name)  # shapes only: no memory, no compute, no init
+        figures = model_figures(name)
         cfg = entry.pretrained_cfg
         rows.append({
             "name": name,
             "aliases": list(entry.aliases),
-            "params": sum(p.numel() for p in model.parameters()),
+            "params": figures.params,
             "input_size": cfg.image_size,
             "crop_pct": cfg.crop_pct,
             "interpolation": cfg.interpolation,
-            "cot_layers": sum(isinstance(m, CotLayer) for m in model.modules()),
+            "cot_layers": figures.cot_layers,
             "paper_top1": entry.paper.top1 if entry.paper else None,
             "description": entry.description or (entry.builder.__doc__ or "").strip().splitlines()[0],
         })
@@ -35,8 +44,8 @@ def _rows(pattern: str) -> list[dict[str, Any]]:
 
 @handle_errors
 def models(
-    pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 'cotnext*'.")] = "*",
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    pattern: Annotated[str, typer.Argument(metavar="PATTERN", help="Shell-style filter, e.g. 'cotnext*'.")] = "*",
+    json_out: Annotated[bool, typer.Option("--json", metavar=FLAG, help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List the registered models: name, aliases, parameters, input size, crop_pct, CoT layers."""
     rows = _rows(pattern)
