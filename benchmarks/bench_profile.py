@@ -6,7 +6,7 @@ subprocesses, so every figure is a cold first count after ``import torch, cotviz
 - ``fast``: cotviz's counting path (fast meta shape rules, init skipped on meta) -- target < 2 s;
 - ``reference``: plain PyTorch: ``with torch.device("meta"): create_model(...)`` and the same counting
   pass with PyTorch's own (Python) meta kernels everywhere (``fast=False``). (The zoo's network init
-  already skips itself on meta, so the build row is expected near 1x; cotviz's ``build_meta_model``
+  already skips itself on meta, so the build row is expected near 1x; cotviz's ``cotviz.models.meta.build_meta_model``
   additionally skips the per-layer ``reset_parameters`` fills of any module.)
 - peak RSS growth of the process during the count (``VmHWM`` after a ``/proc/self/clear_refs`` reset,
   minus ``VmRSS`` before) next to the model's fp32 weight size: counting must not materialise weights.
@@ -38,7 +38,8 @@ def _child(model: str, size: int, fast: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     import torch
 
-    from cotviz.profile import build_meta_model, count_model, summarize
+    from cotviz.models.meta import build_meta_model
+    from cotviz.profile import build_report, count_model
 
     torch.set_num_threads(2)
     imports = time.perf_counter() - t0
@@ -59,13 +60,13 @@ def _child(model: str, size: int, fast: bool) -> dict[str, Any]:
     t2 = time.perf_counter()
     result = count_model(meta, (1, 3, size, size), fast=fast)
     t3 = time.perf_counter()
-    report = summarize(result, model=model, convention="official")
+    report = build_report(result, model=model, convention="official")
     t4 = time.perf_counter()
     second = count_model(meta, (1, 3, size, size), fast=fast)
     t5 = time.perf_counter()
     assert [o.macs for o in second.ops] == [o.macs for o in result.ops]
     return {
-        "imports_s": imports, "build_s": t2 - t1, "count_s": t3 - t2, "summarize_s": t4 - t3, "warm_count_s": t5 - t4,
+        "imports_s": imports, "build_s": t2 - t1, "count_s": t3 - t2, "report_s": t4 - t3, "warm_count_s": t5 - t4,
         "rss_growth_bytes": (_status_kib("VmHWM") - rss) * 1024 if hwm_ok else None,
         "weights_fp32_bytes": 4 * report.params, "official_macs": report.macs, "params": report.params,
     }

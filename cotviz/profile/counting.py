@@ -15,7 +15,6 @@ Both conventions come out of the same pass. Hooks and the mode are removed in ``
 
 from __future__ import annotations
 
-import copy
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cotviz.errors import InvalidArgumentError
+from cotviz.models.meta import meta_copy
 from cotviz.profile._fastmeta import fast_meta_result
 from cotviz.profile.rules import (
     DATA,
@@ -34,11 +34,10 @@ from cotviz.profile.rules import (
     is_zero_cost,
     module_kind_override,
     official_count,
-    official_local_channels,
     opaque_rule,
 )
 
-__all__ = ["CountResult", "ModuleCall", "OpCall", "build_meta_model", "count_model"]
+__all__ = ["CountResult", "ModuleCall", "OpCall", "count_model"]
 
 aten = torch.ops.aten
 _INIT_OPS = frozenset({aten.normal_.default, aten.uniform_.default, aten.fill_.Scalar, aten.zero_.default,
@@ -131,10 +130,10 @@ class _EagerDispatchMode(TorchDispatchMode):
 class _Counter(_EagerDispatchMode):
     """Dispatch mode + module hooks of one counting pass."""
 
-    def __init__(self, result: CountResult, local_channels: dict[int, int], fast: bool) -> None:
+    def __init__(self, result: CountResult, fast: bool) -> None:
         super().__init__()
         self.result = result
-        self.local_channels = local_channels
+        self.batch = int(result.input_shape[0])  # the network's batch (the official local rule reads it)
         self.fast = fast
         self.memory = _MemoryTracker()
         self.stack: list[tuple[str, nn.Module]] = []
@@ -167,7 +166,7 @@ class _Counter(_EagerDispatchMode):
                     self.result.ops.append(OpCall(path, name, kind, fn(module, inputs, output),
                                                   official or self.official_depth > 0))
             if official:
-                counted = official_count(module, inputs, output, self.local_channels)
+                counted = official_count(module, inputs, output, self.batch)
                 if counted is not None:
                     self.result.official.append(ModuleCall(path, name, *counted))
 
@@ -191,7 +190,7 @@ class _Counter(_EagerDispatchMode):
         if info is None:
             rule = complete_rule(func)
             info = self.op_info[func] = _OpInfo(
-                name=f"aten.{func.overloadpacket.__name__}",
+                name=f"{func.namespace}.{func.overloadpacket.__name__}",  # aten.convolution, cotviz.<op>
                 new_outputs=tuple(ret.alias_info is None for ret in func._schema.returns),
                 rule=rule, zero_cost=rule is None and is_zero_cost(func))
         return info
@@ -225,15 +224,6 @@ class _OpInfo:
     new_outputs: tuple[bool, ...]  # per return: a fresh allocation (not a view / in-place alias)
     rule: OpRule | None
     zero_cost: bool
-
-
-def build_meta_model(name: str, *, dtype: torch.dtype = torch.float32, **overrides: Any) -> nn.Module:
-    """A registered model (name or alias) on the meta device, in eval mode: shapes only, no memory."""
-    from cotviz.models.registry import create_model
-
-    with torch.device("meta"):  # create_model builds modules without allocating or filling anything there
-        model = create_model(name, seed=None, **overrides)
-    return model.to(dtype=dtype) if dtype != torch.float32 else model
 
 
 def _is_meta(modules: list[tuple[str, nn.Module]]) -> bool:
@@ -285,12 +275,12 @@ def count_model(model: nn.Module, input_shape: tuple[int, ...], *, fast: bool = 
         raise InvalidArgumentError(f"input shape must be positive, got {tuple(input_shape)}")
     modules = list(model.named_modules())
     if not _is_meta(modules):  # count a meta copy; the caller's model is untouched
-        model = copy.deepcopy(model).to(device="meta")
+        model = meta_copy(model)
         modules = list(model.named_modules())
     dtype = _model_dtype(model)
     result = CountResult(tuple(int(s) for s in input_shape), dtype)
     _param_table(model, modules, result)
-    counter = _Counter(result, official_local_channels(model), fast)
+    counter = _Counter(result, fast)
     handles = []
     training = [(m, m.training) for _, m in modules]
     try:

@@ -12,11 +12,17 @@ Peak memory, honestly labelled:
   from ``/proc/self/status`` after resetting it through ``/proc/self/clear_refs`` (Linux >= 4.0), minus
   ``VmRSS`` before. Includes allocator slack and library workspaces, excludes the already-resident
   weights. ``tracemalloc`` would not see torch's C++ allocations, so it is not used. Where the reset is
-  not allowed, no number is reported (``None``) and the method says why.
+  not allowed, no number is reported (``None``) and the method says why. Garbage left by earlier work
+  is collected before the baseline is read and the cyclic collector is paused during the forward, so
+  memory freed meanwhile cannot hide the forward's own growth.
+
+Device names go through :func:`cotviz.resources.parse_device`, thread counts through
+:func:`cotviz.resources.check_threads` / :func:`~cotviz.resources.torch_threads` (one rule for every command).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import statistics
@@ -29,10 +35,11 @@ import torch
 from torch import nn
 
 from cotviz.errors import InvalidArgumentError
+from cotviz.profile.choices import DTYPES, check_choice
+from cotviz.resources import check_threads, parse_device, torch_threads
 
-__all__ = ["DTYPES", "MeasureResult", "measure_latency", "measure_model", "parse_device", "parse_dtype"]
+__all__ = ["MeasureOptions", "MeasureResult", "measure_latency", "measure_model", "parse_dtype"]
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -69,29 +76,34 @@ class MeasureResult:
                 "images_per_s": self.batch * 1000.0 / self.median_ms if self.median_ms > 0 else None}
 
 
-def parse_device(device: str) -> torch.device:
-    """``cpu`` / ``cuda`` / ``cuda:N`` -> a usable device, or one clear error."""
-    name = device.strip().lower()
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            built = "built without CUDA" if torch.version.cuda is None else "no GPU visible"
-            raise InvalidArgumentError(f"--device {device}: CUDA is not available here (torch {torch.__version__}, "
-                                       f"{built}); use --device cpu")
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InvalidArgumentError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
-        return dev
-    raise InvalidArgumentError(f"unknown device {device!r}; choose cpu or cuda")
+@dataclass(frozen=True)
+class MeasureOptions:
+    """How to measure (``cotviz profile --measure``): device, memory format, repeats and CPU threads.
+
+    ``device``: ``cpu``, ``cuda`` or ``cuda:N``; ``threads``: torch intra-op threads, between 1 and the CPUs
+    this process may use (``None``: keep torch's setting). :meth:`check` validates all of it up front.
+    """
+
+    device: str = "cpu"
+    channels_last: bool = False
+    warmup: int = 3
+    repeats: int = 10
+    threads: int | None = None
+
+    def check(self) -> MeasureOptions:
+        """These options if they can be used here, else one clear error (``InvalidArgumentError``)."""
+        parse_device(self.device)
+        check_threads(self.threads)
+        if self.warmup < 0 or self.repeats < 1:
+            raise InvalidArgumentError(f"need --warmup >= 0 and --repeats >= 1, got {self.warmup} and {self.repeats}")
+        return self
 
 
 def parse_dtype(dtype: str) -> torch.dtype:
-    """``float32`` / ``float16`` / ``bfloat16`` -> torch dtype, or one clear error."""
-    try:
-        return DTYPES[dtype.strip().lower()]
-    except KeyError:
-        raise InvalidArgumentError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}") from None
+    """One of :data:`cotviz.profile.choices.DTYPES` (``float32`` / ``float16`` / ``bfloat16``) -> torch dtype,
+    or one clear error."""
+    result: torch.dtype = getattr(torch, check_choice(dtype, DTYPES, "dtype"))
+    return result
 
 
 def _status_kib(field: str) -> int | None:
@@ -142,12 +154,19 @@ def _peak_memory(model: nn.Module, x: torch.Tensor, device: torch.device) -> tup
         _sync(device)
         return (int(torch.cuda.max_memory_allocated(device) - before),
                 "torch.cuda.max_memory_allocated during one forward minus the allocated memory before it")
-    rss = _status_kib("VmRSS")
-    if rss is None or not _reset_peak_rss():
+    gc.collect()  # free earlier garbage now: freed during the forward, it would offset the forward's growth
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        rss = _status_kib("VmRSS")
+        if rss is None or not _reset_peak_rss():
+            model(x)
+            return None, "unavailable: needs Linux /proc/self/status and a writable /proc/self/clear_refs"
         model(x)
-        return None, "unavailable: needs Linux /proc/self/status and a writable /proc/self/clear_refs"
-    model(x)
-    hwm = _status_kib("VmHWM")
+        hwm = _status_kib("VmHWM")
+    finally:
+        if paused:
+            gc.enable()
     if hwm is None:
         return None, "unavailable: VmHWM not reported by /proc/self/status"
     return (max(hwm - rss, 0) * 1024,
@@ -164,39 +183,36 @@ def measure_latency(model: nn.Module, *, size: int, batch: int = 1, channels_las
     to eval for the measurement and restored after. ``channels_last`` sets the input's memory format.
 
     Args:
-        threads: CPU intra-op threads for the measurement (``None``: keep the current setting); the
-            previous setting is restored afterwards.
+        threads: CPU intra-op threads for the measurement, between 1 and the CPUs this process may use
+            (``None``: keep the current setting); the previous setting is restored afterwards.
     """
     if size < 1 or batch < 1 or warmup < 0 or repeats < 1:
         raise InvalidArgumentError(f"need size, batch, repeats >= 1 and warmup >= 0; got size={size}, "
                                    f"batch={batch}, warmup={warmup}, repeats={repeats}")
-    if threads is not None and threads < 1:
-        raise InvalidArgumentError(f"--threads must be at least 1, got {threads}")
+    check_threads(threads)
     param = next(iter(model.parameters()), None)
     dev = param.device if param is not None else torch.device("cpu")
     dt = param.dtype if param is not None else torch.get_default_dtype()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    old_threads, was_training = torch.get_num_threads(), model.training
+    was_training = model.training
     try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        model.eval()
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(batch, 3, size, size, generator=gen).to(device=dev, dtype=dt, memory_format=fmt)
-        with torch.inference_mode():
-            peak, method = _peak_memory(model, x, dev)
-            for _ in range(warmup):
-                model(x)
-            _sync(dev)
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                model(x)
+        with torch_threads(threads):
+            model.eval()
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(batch, 3, size, size, generator=gen).to(device=dev, dtype=dt, memory_format=fmt)
+            with torch.inference_mode():
+                peak, method = _peak_memory(model, x, dev)
+                for _ in range(warmup):
+                    model(x)
                 _sync(dev)
-                times.append((time.perf_counter() - t0) * 1000.0)
-        used_threads = torch.get_num_threads()
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    model(x)
+                    _sync(dev)
+                    times.append((time.perf_counter() - t0) * 1000.0)
+            used_threads = torch.get_num_threads()
     finally:
-        torch.set_num_threads(old_threads)
         model.train(was_training)
     q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else [times[0]] * 3
     return MeasureResult(
@@ -207,15 +223,27 @@ def measure_latency(model: nn.Module, *, size: int, batch: int = 1, channels_las
 
 
 def measure_model(name: str, *, size: int, batch: int = 1, device: str = "cpu", dtype: str = "float32",
-                  channels_last: bool = False, warmup: int = 3, repeats: int = 10,
-                  threads: int | None = None) -> MeasureResult:
+                  channels_last: bool = False, warmup: int = 3, repeats: int = 10, threads: int | None = None,
+                  memory_check: bool = True) -> MeasureResult:
     """Build a registered model (random init, seed 0) on ``device``/``dtype`` and :func:`measure_latency` it.
 
     Latency does not depend on the weight values, so a randomly initialised model times like a trained one.
-    """
-    from cotviz.models.registry import create_model
 
-    dev, dt = parse_device(device), parse_dtype(dtype)
+    Args:
+        memory_check: first estimate the forward's memory on the meta device
+            (:func:`cotviz.profile.estimate_forward_memory`) and refuse with ``ResourceLimitError`` if this
+            machine (or the CUDA device) has less available; ``False`` tries anyway.
+    """
+    from cotviz.models.registry import create_model, resolve_name
+
+    name = resolve_name(name)
+    options = MeasureOptions(device, channels_last, warmup, repeats, threads).check()
+    dev, dt = parse_device(options.device), parse_dtype(dtype)
+    if memory_check:
+        from cotviz.profile.api import check_forward_memory, estimate_forward_memory
+
+        check_forward_memory(estimate_forward_memory(name, size=size, batch=batch, dtype=dtype), name,
+                             size=size, batch=batch, device=dev)
     model = create_model(name, seed=0).to(device=dev, dtype=dt)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

@@ -2,6 +2,7 @@
 
 x: median latency per batch measured on this machine (ms), with the interquartile range as error bar;
 y: published ImageNet-1k top-1 from the official README results table (github.com/JDAI-CV/CoTNet).
+Saved through :func:`cotviz.io.outputs.save_figure` (atomic, no timestamps) by :func:`save_plot`.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cotviz.errors import OutputError
-from cotviz.io.outputs import FigureFormat
-from cotviz.io.outputs import save_figure as write_figure
-from cotviz.profile.api import AccuracyPoint
+from cotviz.io.outputs import FigureFormat, save_figure
+from cotviz.profile.api import AccuracyPoint, accuracy_point
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["check_figure_path", "plot_latency_vs_accuracy", "save_figure"]
+    from cotviz.profile.measure import MeasureResult
+    from cotviz.profile.report import ProfileReport
+
+__all__ = ["check_figure_path", "measure_title", "plot_latency_vs_accuracy", "plot_reports", "save_plot"]
 
 _FORMATS = tuple(f".{f.value}" for f in FigureFormat)
 
@@ -64,9 +67,30 @@ def check_figure_path(path: str | Path) -> Path:
     return out
 
 
-def save_figure(fig: Figure, path: str | Path) -> Path:
+def save_plot(fig: Figure, path: str | Path) -> Path:
     """Save as PNG/SVG/PDF (by suffix) at 150 dpi through :func:`cotviz.io.outputs.save_figure` (atomic, no
     timestamps); unwritable or unsupported paths raise one clear error."""
     out = check_figure_path(path)
-    write_figure(fig, out, out.suffix[1:].lower(), dpi=150)
+    save_figure(fig, out, out.suffix[1:].lower(), dpi=150)
     return out
+
+
+def measure_title(m: MeasureResult) -> str:
+    """The chart title: what was measured, where and how."""
+    return (f"CoTNet variants: measured latency vs published ImageNet top-1\n{m.device_name}, {m.device}, "
+            f"{m.threads} threads, batch {m.batch}, {m.dtype}{', channels-last' if m.channels_last else ''}, "
+            f"median of {m.repeats}")
+
+
+def plot_reports(reports: Sequence[ProfileReport]) -> tuple[Figure, list[str]]:
+    """The chart of measured reports, and the models left out (no published top-1).
+
+    Raises ``OutputError`` if no report was measured or none of them has a published top-1.
+    """
+    measures = [(r.model, r.measure) for r in reports if r.measure is not None]
+    if not measures:
+        raise OutputError("nothing to plot: no report was measured (profile with measure=...)")
+    points = [p for name, m in measures if (p := accuracy_point(name, m)) is not None]
+    plotted = {p.model for p in points}
+    skipped = [r.model for r in reports if r.model not in plotted]
+    return plot_latency_vs_accuracy(points, title=measure_title(measures[0][1])), skipped

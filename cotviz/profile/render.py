@@ -1,21 +1,27 @@
 """Render profile reports as JSON, CSV (tidy: one value per row, with its unit), markdown or rich tables.
 
 One report renders in full; several (``--all``) render as JSON / CSV in full and as one summary row per
-model in markdown and tables.
+model in markdown and tables. Tables are built from the report's numbers (ints stay ints) and each
+renderer formats them at the edge: exact with thousands separators in markdown, compact (``1.104 G``) in
+terminal tables. :data:`RENDERERS` is the registry of output formats (``cotviz profile --format``).
+Importing this module does not import torch.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
-import re
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-from cotviz.profile.report import ProfileReport, Row
+if TYPE_CHECKING:
+    from cotviz.profile.report import ProfileReport, Row
 
-__all__ = ["CSV_HEADER", "render_csv", "render_json", "render_markdown", "render_table", "render_text"]
+__all__ = ["CSV_HEADER", "RENDERERS", "render_csv", "render_json", "render_markdown", "render_reports",
+           "render_table", "render_text"]
+
+#: A table cell: an exact count (formatted by the renderer) or text.
+Cell = int | str
 
 CSV_HEADER: tuple[str, ...] = ("model", "size", "batch", "convention", "section", "name", "quantity", "value", "unit")
 
@@ -49,9 +55,12 @@ def _share(part: int, total: int) -> str:
 # ------------------------------------------------------------------------------------------- json
 
 def render_json(reports: Sequence[ProfileReport]) -> str:
-    """One report -> a JSON object; several -> a JSON list of objects."""
+    """One report -> a JSON object; several -> a JSON list of objects (cotviz's one JSON encoder,
+    :func:`cotviz.io.outputs.json_text`)."""
+    from cotviz.io.outputs import json_text
+
     data: Any = reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports]
-    return json.dumps(data, indent=2) + "\n"
+    return json_text(data)
 
 
 # ------------------------------------------------------------------------------------------- csv
@@ -91,12 +100,12 @@ def _csv_rows(r: ProfileReport) -> Iterator[tuple[str, str, str, Any, str]]:
     yield "memory", "buffers", "bytes", m.buffers_bytes, "byte"
     if r.measure is not None:
         ms = r.measure
-        for key in ("median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms"):
-            yield "measure", key.removesuffix("_ms"), "latency", ms[key], "ms"
-        yield "measure", "threads", "threads", ms["threads"], "count"
-        yield "measure", "repeats", "repeats", ms["repeats"], "count"
-        if ms["peak_memory_bytes"] is not None:
-            yield "measure", "peak_memory", "bytes", ms["peak_memory_bytes"], "byte"
+        for key in ("median", "q1", "q3", "min", "max"):
+            yield "measure", key, "latency", getattr(ms, f"{key}_ms"), "ms"
+        yield "measure", "threads", "threads", ms.threads, "count"
+        yield "measure", "repeats", "repeats", ms.repeats, "count"
+        if ms.peak_memory_bytes is not None:
+            yield "measure", "peak_memory", "bytes", ms.peak_memory_bytes, "byte"
 
 
 def render_csv(reports: Sequence[ProfileReport]) -> str:
@@ -129,12 +138,12 @@ def _summary(r: ProfileReport) -> list[tuple[str, str]]:
     if r.measure is not None:
         ms = r.measure
         rows += [
-            ("latency median [q1, q3] (ms)", f"{ms['median_ms']:.2f} [{ms['q1_ms']:.2f}, {ms['q3_ms']:.2f}] on "
-                                              f"{ms['device']}, {ms['threads']} threads, {ms['dtype']}"
-                                              f"{', channels-last' if ms['channels_last'] else ''}"),
-            ("latency min / max (ms)", f"{ms['min_ms']:.2f} / {ms['max_ms']:.2f} ({ms['repeats']} repeats, "
-                                       f"{ms['warmup']} warm-up)"),
-            ("peak memory, measured", _bytes(ms["peak_memory_bytes"])),
+            ("latency median [q1, q3] (ms)", f"{ms.median_ms:.2f} [{ms.q1_ms:.2f}, {ms.q3_ms:.2f}] on "
+                                              f"{ms.device}, {ms.threads} threads, {ms.dtype}"
+                                              f"{', channels-last' if ms.channels_last else ''}"),
+            ("latency min / max (ms)", f"{ms.min_ms:.2f} / {ms.max_ms:.2f} ({ms.repeats} repeats, "
+                                       f"{ms.warmup} warm-up)"),
+            ("peak memory, measured", _bytes(ms.peak_memory_bytes)),
         ]
     return rows
 
@@ -142,47 +151,48 @@ def _summary(r: ProfileReport) -> list[tuple[str, str]]:
 _PART_COLS = ("params", "MACs", "FLOPs", "activation bytes")
 
 
-def _part_cells(row: Row) -> list[str]:
-    return [_int(row.params), _int(row.macs), _int(row.flops), _int(row.activation_bytes)]
+def _part_cells(row: Row) -> list[Cell]:
+    return [row.params, row.macs, row.flops, row.activation_bytes]
 
 
-def _sections(r: ProfileReport) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) of every table of a full report."""
-    out = [("Stages", ["stage", "type", *_PART_COLS], [[s.name, s.type, *_part_cells(s)] for s in r.stages])]
+def _sections(r: ProfileReport) -> list[tuple[str, list[str], list[list[Cell]]]]:
+    """(title, header, rows) of every table of a full report; counts stay ints."""
+    out: list[tuple[str, list[str], list[list[Cell]]]] = [
+        ("Stages", ["stage", "type", *_PART_COLS], [[s.name, s.type, *_part_cells(s)] for s in r.stages])]
     out.append(("Operators", ["operator", "MACs", "FLOPs", "calls", "share"],
-                [[o.type, _int(o.macs), _int(o.flops), _int(o.calls), _share(o.macs, r.macs)] for o in r.operators]))
+                [[o.type, o.macs, o.flops, o.calls, _share(o.macs, r.macs)] for o in r.operators]))
     if r.module_types:
         out.append(("Module types (official counter)", ["module type", "MACs"],
-                    [[k, _int(v)] for k, v in sorted(r.module_types.items(), key=lambda kv: -kv[1])]))
+                    [[k, v] for k, v in sorted(r.module_types.items(), key=lambda kv: -kv[1])]))
     if r.modules is not None:
         out.append((f"Modules (depth {r.depth})", ["module", "type", *_PART_COLS],
                     [[m.name, m.type, *_part_cells(m)] for m in r.modules]))
     out.append(("Uncounted", ["op", "module type", "calls", "MACs (complete)", "reason"],
-                [[u.op, u.module_type, _int(u.calls), "no rule" if u.macs_complete is None else _int(u.macs_complete),
-                  u.reason] for u in r.uncounted] or [["(none)", "-", "0", "0", "every op is counted"]]))
+                [[u.op, u.module_type, u.calls, "no rule" if u.macs_complete is None else u.macs_complete, u.reason]
+                 for u in r.uncounted] or [["(none)", "-", 0, 0, "every op is counted"]]))
     return out
 
 
-def _overview(reports: Sequence[ProfileReport]) -> tuple[list[str], list[list[str]]]:
+def _overview(reports: Sequence[ProfileReport]) -> tuple[list[str], list[list[Cell]]]:
     header = ["model", "size", "batch", "convention", "params", "MACs", "GMACs", "FLOPs", "peak activations"]
     measured = any(r.measure is not None for r in reports)
     if measured:
         header.append("latency median (ms)")
-    rows = []
+    rows: list[list[Cell]] = []
     for r in reports:
-        row = [r.model, str(r.size), str(r.batch), r.convention, _int(r.params), _int(r.macs), f"{r.macs / 1e9:.4f}",
-               _int(r.flops), _bytes(r.memory.activations_peak_bytes)]
+        row: list[Cell] = [r.model, str(r.size), str(r.batch), r.convention, r.params, r.macs,
+                           f"{r.macs / 1e9:.4f}", r.flops, _bytes(r.memory.activations_peak_bytes)]
         if measured:
-            row.append(f"{r.measure['median_ms']:.2f}" if r.measure else "-")
+            row.append(f"{r.measure.median_ms:.2f}" if r.measure else "-")
         rows.append(row)
     return header, rows
 
 
 # ------------------------------------------------------------------------------------------- markdown
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    def esc(cell: str) -> str:
-        return str(cell).replace("|", "\\|")
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[Cell]]) -> str:
+    def esc(cell: Cell) -> str:  # counts exact, with thousands separators
+        return _int(cell) if isinstance(cell, int) else str(cell).replace("|", "\\|")
 
     lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
@@ -206,23 +216,19 @@ def render_markdown(reports: Sequence[ProfileReport]) -> str:
 
 # ------------------------------------------------------------------------------------------- rich
 
-_BIG_INT = re.compile(r"^\d{1,3}(,\d{3}){2,}$")
-
-
-def _compact(cell: str) -> str:
-    """``"1,104,075,776"`` -> ``"1.104 G"`` (M = 1e6, G = 1e9) so terminal tables fit; exact values stay in
-    the json/csv/markdown formats."""
-    if not _BIG_INT.match(cell):
-        return cell
-    v = int(cell.replace(",", ""))
-    return f"{v / 1e9:.3f} G" if v >= 1e9 else f"{v / 1e6:.2f} M"
+def _compact(n: int) -> str:
+    """``1104075776`` -> ``"1.104 G"`` (M = 1e6, G = 1e9; below a million exact) so terminal tables fit;
+    exact values stay in the json/csv/markdown formats."""
+    if abs(n) >= 1e9:
+        return f"{n / 1e9:.3f} G"
+    return f"{n / 1e6:.2f} M" if abs(n) >= 1e6 else _int(n)
 
 
 def render_table(reports: Sequence[ProfileReport], console: Any) -> None:
     """Rich tables on ``console``: a full report, or an overview of several models."""
     from rich.table import Table
 
-    def table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1,
+    def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Cell]], left: int = 1,
               compact: bool = True) -> Any:
         t = Table(title=title, title_justify="left")
         for i, h in enumerate(header):  # numbers never wrap mid-digit; text columns fold
@@ -233,7 +239,7 @@ def render_table(reports: Sequence[ProfileReport], console: Any) -> None:
             else:
                 t.add_column(h, justify="right", no_wrap=True)
         for row in rows:
-            t.add_row(*(c if i < left or not compact else _compact(c) for i, c in enumerate(row)))
+            t.add_row(*(c if isinstance(c, str) else _compact(c) if compact else _int(c) for c in row))
         return t
 
     if len(reports) > 1:
@@ -258,3 +264,16 @@ def render_text(reports: Sequence[ProfileReport], width: int = 140) -> str:
     buf = io.StringIO()
     render_table(reports, Console(file=buf, width=width, color_system=None, force_terminal=False))
     return buf.getvalue()
+
+
+#: The output formats of ``cotviz profile --format``: name -> renderer of one or several reports.
+RENDERERS: dict[str, Callable[[Sequence[ProfileReport]], str]] = {
+    "table": render_text, "json": render_json, "csv": render_csv, "markdown": render_markdown,
+}
+
+
+def render_reports(reports: Sequence[ProfileReport], fmt: str) -> str:
+    """``reports`` in the output format ``fmt`` (a key of :data:`RENDERERS`)."""
+    from cotviz.profile.choices import check_choice
+
+    return RENDERERS[check_choice(fmt, tuple(RENDERERS), "format")](reports)

@@ -12,17 +12,16 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from cotviz.errors import InvalidArgumentError
+from cotviz.profile.choices import CONVENTIONS, Convention, check_choice
 from cotviz.profile.counting import CountResult
+from cotviz.profile.measure import MeasureResult
 from cotviz.profile.rules import DATA, KINDS
 
 __all__ = ["CONVENTIONS", "Convention", "MemoryEstimate", "OperatorRow", "ProfileReport", "Row", "UncountedOp",
-           "summarize"]
-
-Convention = Literal["complete", "official"]
-CONVENTIONS: tuple[str, ...] = ("complete", "official")
+           "build_report"]
 
 #: Bytes per element of the weight dtypes reported.
 _WEIGHT_DTYPES: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
@@ -95,6 +94,11 @@ class MemoryEstimate:
     buffers_bytes: int
     method: str
 
+    @property
+    def forward_bytes(self) -> int:
+        """Memory of one inference forward: peak activations (input included) + weights at ``dtype`` + buffers."""
+        return self.activations_peak_bytes + self.weights_bytes[self.dtype] + self.buffers_bytes
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -120,7 +124,7 @@ class ProfileReport:
     module_types: dict[str, int] = field(default_factory=dict)
     depth: int | None = None
     modules: list[Row] | None = None
-    measure: dict[str, Any] | None = None
+    measure: MeasureResult | None = None  # set by ``profile_model(..., measure=...)``
 
     @property
     def flops(self) -> int:
@@ -144,7 +148,7 @@ class ProfileReport:
             out["depth"] = self.depth
             out["modules"] = [r.to_dict() for r in self.modules]
         if self.measure is not None:
-            out["measure"] = self.measure
+            out["measure"] = self.measure.to_dict()
         return out
 
 
@@ -265,9 +269,10 @@ def _notes(convention: str, by_kind: dict[str, dict[str, int]], totals: dict[str
     return notes
 
 
-# ------------------------------------------------------------------------------------------- summarize
+# ------------------------------------------------------------------------------------------- the report
 
-def summarize(result: CountResult, *, model: str, convention: str = "complete", depth: int | None = None) -> ProfileReport:
+def build_report(result: CountResult, *, model: str, convention: str = "complete",
+                 depth: int | None = None) -> ProfileReport:
     """Aggregate raw counts into the report of one convention.
 
     Args:
@@ -276,8 +281,7 @@ def summarize(result: CountResult, *, model: str, convention: str = "complete", 
         convention: ``"complete"`` or ``"official"``.
         depth: also report per-module rows at this module-path depth (1 = top-level children).
     """
-    if convention not in CONVENTIONS:
-        raise InvalidArgumentError(f"unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
+    convention = check_choice(convention, CONVENTIONS, "convention")
     if depth is not None and depth < 1:
         raise InvalidArgumentError(f"--depth must be at least 1, got {depth}")
     complete_macs = [(o.module, o.macs) for o in result.ops]

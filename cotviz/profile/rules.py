@@ -41,12 +41,11 @@ from torch import Tensor, nn
 
 from cotviz.layers.aggregation import LocalAggregation
 from cotviz.layers.blur import BlurPool2d
-from cotviz.layers.cot import CotLayer
 
 __all__ = [
     "KINDS", "CONV", "LINEAR", "LOCAL_AGG", "NORM", "ACT", "POOL", "ELEMENTWISE", "DATA",
-    "OpRule", "ModuleRule", "complete_rule", "is_zero_cost", "official_count", "is_officially_counted", "opaque_rule",
-    "module_kind_override", "official_local_channels",
+    "OpRule", "ModuleRule", "OfficialRule", "complete_rule", "is_zero_cost", "official_count", "is_officially_counted", "opaque_rule",
+    "module_kind_override",
 ]
 
 CONV = "conv"
@@ -66,6 +65,9 @@ aten = torch.ops.aten
 OpRule = tuple[str, Callable[[tuple[Any, ...], dict[str, Any], Tensor], int]]
 #: (kind, macs(module, inputs, output)) for one module call.
 ModuleRule = tuple[str, Callable[[nn.Module, tuple[Any, ...], Any], int]]
+#: (kind, macs(module, inputs, output, batch)) for one module call under the official convention; ``batch``
+#: is the network input's batch size.
+OfficialRule = tuple[str, Callable[[nn.Module, tuple[Any, ...], Any, int], int]]
 
 
 def _numel(args: tuple[Any, ...], kwargs: dict[str, Any], out: Tensor) -> int:
@@ -177,7 +179,17 @@ def _local_agg(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> int:
     return int(output.numel() * module.kernel_size * module.kernel_size)
 
 
-#: Modules whose internals are one operator: counted once at module level, their aten ops not at all.
+def _by_type(table: dict[type[nn.Module], Any], module: nn.Module) -> Any:
+    """The entry of the nearest class of ``module`` (its own, else a base class) in ``table``."""
+    for cls in type(module).__mro__:
+        entry = table.get(cls)
+        if entry is not None:
+            return entry
+    return None
+
+
+#: Modules whose internals are one operator: counted once at module level, whatever runs inside (aten
+#: kernels or a registered custom op), their own ops not at all. Subclasses share their base's rule.
 _OPAQUE: dict[type[nn.Module], ModuleRule] = {LocalAggregation: (LOCAL_AGG, _local_agg)}
 #: Modules whose arithmetic ops all belong to one operator type (e.g. BlurPool's conv is pooling).
 _KIND_OVERRIDE: dict[type[nn.Module], str] = {BlurPool2d: POOL}
@@ -185,57 +197,55 @@ _KIND_OVERRIDE: dict[type[nn.Module], str] = {BlurPool2d: POOL}
 
 def opaque_rule(module: nn.Module) -> ModuleRule | None:
     """The module-level rule of a module counted as one operator (the local aggregation)."""
-    return _OPAQUE.get(type(module))
+    rule: ModuleRule | None = _by_type(_OPAQUE, module)
+    return rule
 
 
 def module_kind_override(module: nn.Module) -> str | None:
     """The operator type forced on the arithmetic inside ``module`` (BlurPool2d -> pooling)."""
-    return _KIND_OVERRIDE.get(type(module))
+    kind: str | None = _by_type(_KIND_OVERRIDE, module)
+    return kind
 
 
 # ----------------------------------------------------------------------------------------------- official
 
-def _o_conv(m: nn.Module, inputs: tuple[Any, ...], out: Tensor) -> int:
+def _o_conv(m: nn.Module, inputs: tuple[Any, ...], out: Tensor, batch: int) -> int:
     assert isinstance(m, nn.Conv2d | nn.Conv1d | nn.Conv3d)
     per_position = math.prod(m.kernel_size) * m.in_channels * (m.out_channels // m.groups)
     active = out.shape[0] * math.prod(out.shape[2:])  # batch * output positions
     return int(per_position * active + (m.out_channels * active if m.bias is not None else 0))
 
 
-def _o_bn(m: nn.Module, inputs: tuple[Any, ...], out: Tensor) -> int:
+def _o_bn(m: nn.Module, inputs: tuple[Any, ...], out: Tensor, batch: int) -> int:
     return int(inputs[0].numel() * (2 if getattr(m, "affine", False) else 1))
 
 
-def _o_act(m: nn.Module, inputs: tuple[Any, ...], out: Tensor) -> int:
+def _o_act(m: nn.Module, inputs: tuple[Any, ...], out: Tensor, batch: int) -> int:
     return int(out.numel())
 
 
-def _o_pool(m: nn.Module, inputs: tuple[Any, ...], out: Tensor) -> int:
+def _o_pool(m: nn.Module, inputs: tuple[Any, ...], out: Tensor, batch: int) -> int:
     return int(inputs[0].numel())
 
 
-def _o_linear(m: nn.Module, inputs: tuple[Any, ...], out: Tensor) -> int:
+def _o_linear(m: nn.Module, inputs: tuple[Any, ...], out: Tensor, batch: int) -> int:
     assert isinstance(m, nn.Linear)
     return int(inputs[0].numel() * m.out_features)  # the official hook ignores the bias
 
 
-def official_local_channels(model: nn.Module) -> dict[int, int]:
-    """``id(local_conv) -> C`` for every CoT/CoXt layer: the official ``LocalConvolution.in_channels``.
-
-    The official CoXt layer builds ``LocalConvolution(dim, dim, ...)`` but calls it on a (2B, C/2, H, W)
-    view; its counter multiplies ``input.shape[0]`` (2B) by ``in_channels`` (C) -- the double count.
-    """
-    return {id(m.local_conv): m.dim for m in model.modules() if isinstance(m, CotLayer)}
-
-
-def _o_local(m: nn.Module, inputs: tuple[Any, ...], out: Tensor, in_channels: int | None = None) -> int:
+def _o_local(m: nn.Module, inputs: tuple[Any, ...], out: Tensor, batch: int) -> int:
+    # official LocalConvolution hook: input.shape[0] * in_channels * K*K * Ho*Wo, where the official layer
+    # declares in_channels = C, the layer width. A CoXt layer (cardinality g) runs the aggregation on a
+    # (g*B, C/g, H, W) view and our module holds the C/g channels it sees; the groups folded into the batch
+    # are x.shape[0] // B (B: the network's batch), so in_channels = channels * g -- the CoXt double count.
     assert isinstance(m, LocalAggregation)
-    x = inputs[0]  # (B', C', H, W)
-    channels = m.channels if in_channels is None else in_channels
-    return int(x.shape[0] * channels * m.kernel_size * m.kernel_size * out.shape[-2] * out.shape[-1])
+    x = inputs[0]  # (g*B, C/g, H, W)
+    groups = x.shape[0] // batch if batch else 1
+    in_channels = m.channels * groups
+    return int(x.shape[0] * in_channels * m.kernel_size * m.kernel_size * out.shape[-2] * out.shape[-1])
 
 
-_OFFICIAL: dict[type[nn.Module], ModuleRule] = {
+_OFFICIAL: dict[type[nn.Module], OfficialRule] = {
     nn.Conv1d: (CONV, _o_conv), nn.Conv2d: (CONV, _o_conv), nn.Conv3d: (CONV, _o_conv),
     nn.BatchNorm1d: (NORM, _o_bn), nn.BatchNorm2d: (NORM, _o_bn), nn.BatchNorm3d: (NORM, _o_bn),
     nn.ReLU: (ACT, _o_act), nn.ReLU6: (ACT, _o_act), nn.SiLU: (ACT, _o_act), nn.Sigmoid: (ACT, _o_act),
@@ -254,17 +264,14 @@ def is_officially_counted(module: nn.Module) -> bool:
     return type(module) in _OFFICIAL
 
 
-def official_count(module: nn.Module, inputs: tuple[Any, ...], output: Any,
-                   local_channels: dict[int, int]) -> tuple[str, int] | None:
+def official_count(module: nn.Module, inputs: tuple[Any, ...], output: Any, batch: int) -> tuple[str, int] | None:
     """(kind, MACs) the official counter adds for one call of ``module``; ``None`` if it has no hook.
 
-    Hooks match the exact module type (subclasses are not matched, as in ptflops). ``local_channels``
-    is :func:`official_local_channels` of the model (the official ``LocalConvolution.in_channels``).
+    Hooks match the exact module type (subclasses are not matched, as in ptflops); rules read only the
+    module's own attributes, its inputs and output, and ``batch``: the network input's batch size.
     """
     rule = _OFFICIAL.get(type(module))
     if rule is None:
         return None
     kind, fn = rule
-    if isinstance(module, LocalAggregation):
-        return kind, _o_local(module, inputs, output, local_channels.get(id(module)))
-    return kind, fn(module, inputs, output)
+    return kind, fn(module, inputs, output, batch)

@@ -1,4 +1,5 @@
-"""``cotviz profile`` through ``typer.testing.CliRunner``: outputs parse back, errors are one line + exit code."""
+"""``cotviz profile`` through ``typer.testing.CliRunner``: parsing, exit codes, messages, one end-to-end run per
+feature. The counting, reports, renderers and bounds are tested as a library in ``tests/profile``."""
 
 from __future__ import annotations
 
@@ -6,79 +7,67 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from cotviz import resources
 from cotviz.cli.app import app
+from cotviz.models import list_models
 
 WIDE = {"COLUMNS": "200"}
 
 
-@pytest.fixture(scope="module")
-def runner() -> CliRunner:
-    return CliRunner()
+def _ok(result: Any) -> None:
+    assert result.exit_code == 0, result.output
 
 
-@pytest.fixture(scope="module")
-def cotnet50_official(reference_dir: Path) -> dict[str, int]:
-    ref = json.loads((reference_dir / "flops_reference.json").read_text())
-    return {"macs": ref["totals"]["cotnet50"]["224"]["macs"], "params": ref["totals"]["cotnet50"]["224"]["params_counted"]}
+def _one_line_error(result: Any, code: int, *needles: str) -> None:
+    assert result.exit_code == code, result.output
+    err = result.stderr
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err
 
 
-def _ok(result: object) -> None:
-    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
-
-
-def test_json_official_reproduces_the_table(runner: CliRunner, cotnet50_official: dict[str, int]) -> None:
+def test_json_official_reproduces_the_table(runner: CliRunner, reference_dir: Path) -> None:
+    ref = json.loads((reference_dir / "flops_reference.json").read_text())["totals"]["cotnet50"]["224"]
     result = runner.invoke(app, ["profile", "cotnet_50", "--convention", "official", "--format", "json"])
     _ok(result)
     data = json.loads(result.stdout)
     assert (data["model"], data["size"], data["batch"], data["convention"]) == ("cotnet50", 224, 1, "official")
-    assert data["macs"] == cotnet50_official["macs"] and data["params"] == cotnet50_official["params"]
-    assert data["flops"] == 2 * data["macs"]
-    assert [s["name"] for s in data["stages"]] == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
-    assert data["operators"] and data["uncounted"] and "measure" not in data
+    assert (data["macs"], data["params"]) == (ref["macs"], ref["params_counted"]) and "measure" not in data
 
 
-def test_csv_and_markdown_default_convention(runner: CliRunner) -> None:
-    result = runner.invoke(app, ["profile", "cotnext50", "--format", "csv", "--batch", "2", "--size", "160"])
+def test_csv_and_markdown(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["profile", "cotnext50", "--format", "CSV", "--batch", "2", "--size", "64"])
     _ok(result)
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     total = {r["quantity"]: int(r["value"]) for r in rows if r["section"] == "total"}
-    assert total["flops"] == 2 * total["macs"] and {r["batch"] for r in rows} == {"2"} and {r["size"] for r in rows} \
-        == {"160"}
-    md = runner.invoke(app, ["profile", "cotnext50", "--format", "markdown", "--batch", "2", "--size", "160"])
+    assert {r["batch"] for r in rows} == {"2"} and {r["size"] for r in rows} == {"64"}
+    md = runner.invoke(app, ["profile", "cotnext50", "--format", "markdown", "--batch", "2", "--size", "64"])
     _ok(md)
     macs_row = next(line for line in md.stdout.splitlines() if line.startswith("| MACs |"))
     assert int(macs_row.split("|")[2].split("(")[0].replace(",", "")) == total["macs"]
-    assert "convention `complete`" in md.stdout and "FLOPs = 2 x MACs" in md.stdout
 
 
-def test_table_with_depth_and_out_file(runner: CliRunner, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["profile", "se_cotnetd_50", "--depth", "2"], env=WIDE)
+def test_table_with_depth(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["profile", "se_cotnetd_50", "--depth", "2", "--size", "64"], env=WIDE)
     _ok(result)
     assert "Modules (depth 2)" in result.stdout and "layer3.0" in result.stdout and "local aggregation" in result.stdout
-    out = tmp_path / "p.json"
-    result = runner.invoke(app, ["profile", "se_cotnetd_50", "--format", "json", "--out", str(out)])
-    _ok(result)
-    assert result.stdout == "" and json.loads(out.read_text())["model"] == "se_cotnetd_50"
 
 
-def test_several_models_overview(runner: CliRunner) -> None:
+def test_several_models_and_all_to_a_file(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(app, ["profile", "cotnet50", "se_cotnetd152", "cotnet50", "--size", "64", "--format",
-                                 "json"])
+                                 "markdown"])
     _ok(result)
-    data = json.loads(result.stdout)
-    assert [d["model"] for d in data] == ["cotnet50", "se_cotnetd_152"] and all(d["size"] == 64 for d in data)
-
-
-def test_all_selects_every_registered_model() -> None:
-    from cotviz.cli.profile import _names
-    from cotviz.models import list_models
-
-    assert _names(None, True) == list_models() and _names(["cotnext101"], False) == ["cotnext101_2x48d"]
+    assert "## cotviz profile (2 models)" in result.stdout and "se_cotnetd_152" in result.stdout
+    out = tmp_path / "profile.json"
+    _ok(result := runner.invoke(app, ["profile", "--all", "--size", "32", "--format", "json", "--out", str(out)]))
+    assert result.stdout == "" and f"wrote {out}" in result.stderr
+    assert [d["model"] for d in json.loads(out.read_text())] == list_models()
 
 
 def test_measure_block(runner: CliRunner) -> None:
@@ -86,42 +75,48 @@ def test_measure_block(runner: CliRunner) -> None:
                                  "2", "--threads", "1", "--format", "json"])
     _ok(result)
     m = json.loads(result.stdout)["measure"]
-    assert m["device"] == "cpu" and m["threads"] == 1 and m["repeats"] == 2 and len(m["times_ms"]) == 2
-    assert m["min_ms"] <= m["median_ms"] <= m["max_ms"]
+    assert (m["device"], m["threads"], m["repeats"], len(m["times_ms"])) == ("cpu", 1, 2, 2)
 
 
 def test_plot(runner: CliRunner, tmp_path: Path) -> None:
     png = tmp_path / "latency.png"
-    result = runner.invoke(app, ["profile", "cotnet50", "--plot", str(png), "--size", "32", "--warmup", "0",
-                                 "--repeats", "1", "--format", "csv"])
+    result = runner.invoke(app, ["profile", "cotnet50", "resnet50", "--plot", str(png), "--size", "32", "--warmup",
+                                 "0", "--repeats", "1", "--format", "csv"])
     _ok(result)
     assert png.read_bytes()[:4] == b"\x89PNG" and f"wrote {png}" in result.stderr
+    assert "plot: no published top-1 for resnet50; not plotted" in result.stderr
     assert any(r["section"] == "measure" for r in csv.DictReader(io.StringIO(result.stdout)))
 
 
-def _one_line_error(result: object, code: int, *needles: str) -> None:
-    assert result.exit_code == code, result.output  # type: ignore[attr-defined]
-    err = result.stderr  # type: ignore[attr-defined]
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    for needle in needles:
-        assert needle in err
+def test_memory_check_refuses_and_can_be_turned_off(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    _one_line_error(runner.invoke(app, ["profile", "cotnet50", "--size", "100000", "--measure"]), 2,
+                    "cotnet50 at 100000 px, batch 1 needs about", "TiB", "is available", "--no-memory-check")
+    monkeypatch.setattr(resources, "available_memory", lambda: 2**20)  # a machine with 1 MiB free
+    args = ["profile", "resnet50", "--measure", "--size", "32", "--warmup", "0", "--repeats", "1", "--format", "json"]
+    _one_line_error(runner.invoke(app, args), 2, "only 1.0 MiB is available")
+    _ok(result := runner.invoke(app, [*args, "--no-memory-check"]))
+    assert json.loads(result.stdout)["measure"]["repeats"] == 1
 
 
 @pytest.mark.parametrize("args, code, needles", [
     (["cotnet5"], 1, ["unknown model 'cotnet5'", "did you mean cotnet50"]),
-    (["cotnet50", "--size", "0"], 2, ["--size", "positive"]),
-    (["cotnet50", "--size", "-32"], 2, ["--size", "positive"]),
-    (["cotnet50", "--size", "16"], 2, ["smaller than the total stride 32"]),
+    (["cotnet50", "--size", "0"], 2, ["--size must be at least 32"]),
+    (["cotnet50", "--size", "16"], 2, ["--size must be at least 32"]),
     (["cotnet50", "--batch", "0"], 2, ["--batch"]),
-    (["cotnet50", "--format", "xml"], 2, ["unknown format 'xml'", "json"]),
-    (["cotnet50", "--convention", "fvcore"], 2, ["unknown convention"]),
-    (["cotnet50", "--dtype", "float8"], 2, ["unknown dtype"]),
     (["cotnet50", "--measure", "--device", "tpu"], 2, ["unknown device"]),
+    (["cotnet50", "--measure", "--threads", "100000"], 2, ["--threads must be between 1 and", "may use"]),
+    (["cotnet50", "--measure", "--repeats", "0"], 2, ["--repeats >= 1"]),
     (["cotnet50", "--depth", "0"], 2, ["--depth"]),
     ([], 2, ["--all"]),
 ])
 def test_errors_are_one_line(runner: CliRunner, args: list[str], code: int, needles: list[str]) -> None:
     _one_line_error(runner.invoke(app, ["profile", *args]), code, *needles)
+
+
+@pytest.mark.parametrize("option, value", [("--format", "xml"), ("--convention", "fvcore"), ("--dtype", "float8")])
+def test_bad_choices_are_usage_errors(runner: CliRunner, option: str, value: str) -> None:
+    result = runner.invoke(app, ["profile", "cotnet50", option, value])
+    assert result.exit_code == 2 and f"'{value}' is not one of" in result.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
@@ -135,3 +130,14 @@ def test_unwritable_outputs_fail_before_any_work(runner: CliRunner, tmp_path: Pa
                     "--out", "does not exist")
     _one_line_error(runner.invoke(app, ["profile", "cotnet50", "--plot", str(tmp_path / "x.gif")]), 1,
                     "--plot", "unsupported format")
+
+
+def test_help_lists_choices_from_the_registries(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["profile", "--help"], env={"COLUMNS": "80"})
+    _ok(result)
+    text = result.stdout
+    flat = " ".join(text.replace("│", " ").split())
+    assert "table, json, csv, markdown" in flat and "float32, float16, bfloat16" in flat
+    assert "<str>" not in text and "--no-memory-check" in text
+    flags = [line for line in text.splitlines() if line.startswith(("│ --all", "│ --measure", "│ --channels-last"))]
+    assert len(flags) == 3 and not any("<bool>" in line for line in flags)

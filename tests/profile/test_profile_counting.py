@@ -1,4 +1,4 @@
-"""The counting pass itself: fast meta shapes == PyTorch's meta kernels, memory liveness, meta building."""
+"""The counting pass itself: fast meta shapes == PyTorch's meta kernels, memory liveness, meta copies."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from cotviz.models import create_model
-from cotviz.profile import build_meta_model, count_model
+from cotviz.models.meta import build_meta_model
+from cotviz.profile import count_model, estimate_forward_memory, profile_model
 from cotviz.profile.counting import CountResult
 
 #: Small members of every model family: CoT (avg-pool before the operator), CoXt (stack), SE-CoTNetD-152
@@ -33,22 +33,12 @@ def test_fast_meta_shapes_equal_pytorch_meta_kernels(name: str) -> None:
     assert fast.ops and _signature(fast) == _signature(slow)
 
 
-def test_meta_build_has_the_real_architecture() -> None:
-    """Skipping the random init on meta changes nothing but the (absent) values."""
-    meta = build_meta_model("se_cotnetd_152", **TINY["se_cotnetd_152"])
-    real = create_model("se_cotnetd_152", **TINY["se_cotnetd_152"])
-    assert [(k, v.shape, v.dtype) for k, v in meta.state_dict().items()] == \
-        [(k, v.shape, v.dtype) for k, v in real.state_dict().items()]
-    assert all(t.is_meta for t in [*meta.parameters(), *meta.buffers()])
-    assert not meta.training
-
-
 class _Chain(nn.Module):
-    """conv (1->2) -> ReLU (out of place) -> conv (2->1); 4x4 input, float32."""
+    """conv (cin->2) -> ReLU (out of place) -> conv (2->1), no biases, float32."""
 
-    def __init__(self) -> None:
+    def __init__(self, cin: int = 1) -> None:
         super().__init__()
-        self.a = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+        self.a = nn.Conv2d(cin, 2, 3, padding=1, bias=False)
         self.act = nn.ReLU()
         self.b = nn.Conv2d(2, 1, 3, padding=1, bias=False)
 
@@ -90,3 +80,19 @@ def test_half_precision_halves_activation_bytes() -> None:
     assert f16.dtype == torch.float16
     assert f16.input_bytes * 2 == f32.input_bytes and f16.output_bytes * 2 == f32.output_bytes
     assert [o.macs for o in f16.ops] == [o.macs for o in f32.ops]
+
+
+def test_forward_memory_estimate_by_hand() -> None:
+    model = _Chain(cin=3)
+    # (1, 3, 32, 32) input 12288 B; a's and act's outputs (1, 2, 32, 32) 8192 B each live together: peak
+    # 28672 B; weights (2*3*9 + 1*2*9) floats = 288 B; no buffers
+    assert estimate_forward_memory(model, 32) == 12288 + 8192 + 8192 + 288
+    assert estimate_forward_memory(model, 32, batch=2) == 2 * (12288 + 8192 + 8192) + 288
+    assert model.a.weight.device.type == "cpu"  # counted on a meta copy
+
+
+def test_forward_memory_estimate_is_the_reports_figure() -> None:
+    r = profile_model("cotnet50", size=64, batch=2, dtype="bfloat16")
+    m = r.memory
+    assert m.forward_bytes == m.activations_peak_bytes + 2 * r.params + m.buffers_bytes
+    assert estimate_forward_memory("cotnet50", 64, 2, dtype="bfloat16") == m.forward_bytes

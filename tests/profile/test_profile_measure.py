@@ -1,22 +1,33 @@
-"""Measured latency / memory on CPU (tiny settings) and the latency-vs-accuracy figure."""
+"""Measured latency / memory on CPU (tiny settings), the memory and thread bounds, and the latency-vs-accuracy
+figure."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from cotviz.errors import InvalidArgumentError, OutputError
+from cotviz import resources
+from cotviz.errors import InvalidArgumentError, OutputError, ResourceLimitError
 from cotviz.models import model_entry
 from cotviz.profile import (
+    MeasureOptions,
+    ProfileReport,
     accuracy_point,
     measure_latency,
     measure_model,
     plot_latency_vs_accuracy,
-    save_figure,
+    plot_reports,
+    profile_model,
+    save_plot,
 )
 from cotviz.profile.api import AccuracyPoint
-from cotviz.profile.measure import parse_device, parse_dtype
+from cotviz.profile.measure import parse_dtype
 
 
 def _tiny() -> nn.Module:
@@ -36,14 +47,28 @@ def test_latency_statistics_and_settings() -> None:
     assert d["iqr_ms"] == pytest.approx(m.q3_ms - m.q1_ms) and d["images_per_s"] > 0
 
 
+_PEAK_CHILD = """
+import json
+import torch
+from torch import nn
+from cotviz.profile import measure_latency
+torch.set_num_threads(1)
+big = nn.Conv2d(3, 256, 3, padding=1)  # (1, 256, 256, 256) float32 output = 64 MiB
+m = measure_latency(big, size=256, warmup=0, repeats=1)
+print(json.dumps([m.peak_memory_bytes, m.memory_method]))
+"""
+
+
 def test_peak_memory_is_reported_honestly() -> None:
-    """A forward that allocates ~64 MiB must show up in the peak (when the platform can measure it)."""
-    big = nn.Conv2d(3, 256, 3, padding=1)  # (1, 256, 256, 256) float32 output = 64 MiB
-    m = measure_latency(big, size=256, warmup=0, repeats=1)
-    if m.peak_memory_bytes is None:
-        assert m.memory_method.startswith("unavailable")
+    """A forward that allocates 64 MiB shows up in the peak (when the platform can measure it). Run in a fresh
+    interpreter: in a long test session, memory freed by earlier tests' garbage can offset the growth."""
+    proc = subprocess.run([sys.executable, "-c", _PEAK_CHILD], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak, method = json.loads(proc.stdout.strip().splitlines()[-1])
+    if peak is None:
+        assert method.startswith("unavailable")
     else:
-        assert m.peak_memory_bytes >= 48 * 2**20 and "VmHWM" in m.memory_method
+        assert 48 * 2**20 <= peak < 2**30 and "VmHWM" in method
 
 
 def test_channels_last_and_bfloat16() -> None:
@@ -52,24 +77,62 @@ def test_channels_last_and_bfloat16() -> None:
     assert m.dtype == "bfloat16" and m.channels_last
 
 
-def test_devices_and_dtypes_are_validated() -> None:
-    assert parse_device("CPU") == torch.device("cpu")
-    assert parse_dtype("bfloat16") is torch.bfloat16
-    with pytest.raises(InvalidArgumentError, match="unknown device"):
-        parse_device("tpu")
+def test_options_are_validated_up_front() -> None:
+    assert parse_dtype(" BFloat16") is torch.bfloat16
     with pytest.raises(InvalidArgumentError, match="unknown dtype"):
         parse_dtype("float8")
+    assert MeasureOptions(device="CPU", threads=1).check().threads == 1
+    with pytest.raises(InvalidArgumentError, match="unknown device"):
+        MeasureOptions(device="tpu").check()
     if not torch.cuda.is_available():
         with pytest.raises(InvalidArgumentError, match="CUDA is not available"):
-            parse_device("cuda")
+            MeasureOptions(device="cuda").check()
+    with pytest.raises(InvalidArgumentError, match="--repeats"):
+        MeasureOptions(repeats=0).check()
     with pytest.raises(InvalidArgumentError):
         measure_latency(_tiny(), size=8, repeats=0)
 
 
+@pytest.mark.parametrize("threads", [0, resources.usable_cpus() + 1, 100_000])
+def test_threads_are_bounded_by_the_usable_cpus(threads: int) -> None:
+    before = torch.get_num_threads()
+    with pytest.raises(InvalidArgumentError, match="the CPUs this process may use"):
+        measure_latency(_tiny(), size=8, warmup=0, repeats=1, threads=threads)
+    with pytest.raises(InvalidArgumentError, match="the CPUs this process may use"):
+        profile_model("resnet50", size=32, measure=MeasureOptions(threads=threads))
+    assert torch.get_num_threads() == before
+
+
+def test_memory_check_refuses_before_allocating() -> None:
+    """100000 px: ~2 TiB counted on the meta device, refused with one line instead of torch's allocation error."""
+    with pytest.raises(ResourceLimitError, match=r"cotnet50 at 100000 px, batch 1 needs about .* TiB of memory, "
+                                                 r"but only .* is available.*--no-memory-check"):
+        profile_model("cotnet50", size=100_000, measure=MeasureOptions(warmup=0, repeats=1))
+    with pytest.raises(ResourceLimitError, match="needs about"):
+        measure_model("cotnet50", size=100_000, warmup=0, repeats=1)
+
+
+def test_memory_check_can_be_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resources, "available_memory", lambda: 2**20)  # a machine with 1 MiB free
+    options = MeasureOptions(warmup=0, repeats=1)
+    with pytest.raises(ResourceLimitError, match="only 1.0 MiB is available"):
+        profile_model("resnet50", size=32, measure=options)
+    r = profile_model("resnet50", size=32, measure=options, memory_check=False)
+    assert r.measure is not None and r.measure.repeats == 1 and r.measure.size == 32
+
+
 @pytest.fixture(scope="module")
-def points() -> list[AccuracyPoint]:
+def measured() -> list[ProfileReport]:
+    """cotnet50 and resnet50 (no published top-1) profiled and measured at 32 px, 2 repeats, 1 thread."""
+    options = MeasureOptions(warmup=0, repeats=2, threads=1)
+    return [profile_model(n, size=32, measure=options) for n in ("cotnet50", "resnet50")]
+
+
+@pytest.fixture(scope="module")
+def points(measured: list[ProfileReport]) -> list[AccuracyPoint]:
     """Two real (tiny-settings) measurements paired with their published top-1."""
-    p = accuracy_point("cotnet50", measure_model("cotnet50", size=32, warmup=0, repeats=2))
+    assert measured[0].measure is not None
+    p = accuracy_point("cotnet50", measured[0].measure)
     assert p is not None
     # a second point: the same measurement under another model's published result (label and position only)
     q = AccuracyPoint("se_cotnetd_50", "SE-CoTNetD-50", 32, 2 * p.latency_ms, 2 * p.q1_ms, 2 * p.q3_ms, 81.6, 224)
@@ -91,23 +154,21 @@ def _measured_fields() -> dict[str, object]:
     return {k: getattr(m, k) for k in m.__dataclass_fields__}
 
 
-def test_plot_figure(points: list[AccuracyPoint], tmp_path: object) -> None:
+def test_plot_figure(points: list[AccuracyPoint], tmp_path: Path) -> None:
     fig = plot_latency_vs_accuracy(points, title="measured on test CPU, 2 threads")
     ax = fig.axes[0]
     assert "(ms)" in ax.get_xlabel() and "top-1 (%)" in ax.get_ylabel()
     assert ax.get_title() == "measured on test CPU, 2 threads"
     labels = sorted(t.get_text() for t in ax.texts)
     assert labels == ["CoTNet-50 (32px)", "SE-CoTNetD-50 (32px)"]
-    from pathlib import Path
-
-    out = save_figure(fig, Path(str(tmp_path)) / "chart.png")
+    out = save_plot(fig, tmp_path / "chart.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    svg = save_figure(fig, Path(str(tmp_path)) / "chart.svg")
+    svg = save_plot(fig, tmp_path / "chart.svg")
     assert b"<svg" in svg.read_bytes()[:500]
     with pytest.raises(OutputError, match="unsupported format"):
-        save_figure(fig, Path(str(tmp_path)) / "chart.txt")
+        save_plot(fig, tmp_path / "chart.txt")
     with pytest.raises(OutputError, match="does not exist"):
-        save_figure(fig, Path(str(tmp_path)) / "missing" / "chart.png")
+        save_plot(fig, tmp_path / "missing" / "chart.png")
 
 
 def test_plot_into_given_axes(points: list[AccuracyPoint]) -> None:
@@ -118,3 +179,13 @@ def test_plot_into_given_axes(points: list[AccuracyPoint]) -> None:
     assert plot_latency_vs_accuracy(points[:1], title="t", ax=ax) is fig
     with pytest.raises(OutputError, match="nothing to plot"):
         plot_latency_vs_accuracy([], title="t")
+
+
+def test_plot_reports_uses_the_reports_measurements(measured: list[ProfileReport]) -> None:
+    fig, skipped = plot_reports(measured)
+    assert skipped == ["resnet50"]  # no published top-1
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["CoTNet-50 (32px)"]
+    assert "1 threads, batch 1, float32" in ax.get_title() and "median of 2" in ax.get_title()
+    with pytest.raises(OutputError, match="no report was measured"):
+        plot_reports([profile_model("cotnet50", size=32)])

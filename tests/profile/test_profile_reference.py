@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from torch import nn
 
-from cotviz.profile import build_meta_model, count_model, summarize
+from cotviz.models.meta import build_meta_model
+from cotviz.profile import build_report, count_model
 from cotviz.profile.counting import CountResult
 
 VARIANTS = ("cotnet50", "cotnet101", "cotnext50_2x48d", "cotnext101_2x48d", "se_cotnetd_50", "se_cotnetd_101",
@@ -54,7 +55,7 @@ def test_official_macs_and_params_match_exactly(name: str, flops_reference: dict
     assert {224, default} == {int(s) for s in sizes}  # both the README/default resolution and 224
     for size, ref in sizes.items():
         model, result = counts[name, int(size)]
-        report = summarize(result, model=name, convention="official")
+        report = build_report(result, model=name, convention="official")
         assert report.params == manifest[name]["params"] == ref["params_counted"]
         assert report.params == sum(p.numel() for p in model.parameters())
         assert report.macs == ref["macs"], f"{name} at {size}: {report.macs:,} vs official {ref['macs']:,}"
@@ -66,7 +67,7 @@ def test_readme_table_rows(flops_reference: dict[str, Any], counts: dict[Any, An
     for row in flops_reference["readme_table"]:
         name = row["registered_model"]
         for size, gmacs in row["computed_gmacs"].items():
-            macs = summarize(counts[name, int(size)][1], model=name, convention="official").macs
+            macs = build_report(counts[name, int(size)][1], model=name, convention="official").macs
             assert round(macs / 1e9, 4) == gmacs
         best = min(row["computed_gmacs"], key=lambda s: abs(row["computed_gmacs"][s] - float(row["readme_flops_g"])))
         assert f"{row['computed_gmacs'][best]:.1f}" == row["readme_flops_g"]
@@ -77,7 +78,7 @@ def test_breakdown_by_module_type_and_cot_submodule(name: str, flops_reference: 
                                                     counts: dict[Any, Any]) -> None:
     ref = flops_reference["breakdown"][name]
     result = counts[name, ref["input_size"]][1]
-    report = summarize(result, model=name, convention="official")
+    report = build_report(result, model=name, convention="official")
     assert report.module_types == {OFFICIAL_TYPE.get(k, k): v for k, v in ref["by_module_type"].items()}
     per_layer: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for call in result.official:
@@ -90,8 +91,8 @@ def test_breakdown_by_module_type_and_cot_submodule(name: str, flops_reference: 
 def test_complete_convention_differs_only_where_documented(counts: dict[Any, Any]) -> None:
     """complete - official = the ops the official counter skips + rule differences (bias, CoXt quirk, pools)."""
     result = counts["cotnext50_2x48d", 224][1]
-    complete = summarize(result, model="cotnext50_2x48d", convention="complete")
-    official = summarize(result, model="cotnext50_2x48d", convention="official")
+    complete = build_report(result, model="cotnext50_2x48d", convention="complete")
+    official = build_report(result, model="cotnext50_2x48d", convention="official")
     assert complete.other_convention["macs"] == official.macs and official.other_convention["macs"] == complete.macs
     by_c = {o.type: o.macs for o in complete.operators}
     by_o = {o.type: o.macs for o in official.operators}

@@ -9,16 +9,18 @@ import json
 import pytest
 from torch import nn
 
+from cotviz.models.meta import build_meta_model
 from cotviz.profile import (
+    RENDERERS,
     ProfileReport,
-    build_meta_model,
+    build_report,
     count_model,
     measure_latency,
     render_csv,
     render_json,
     render_markdown,
+    render_reports,
     render_text,
-    summarize,
 )
 from cotviz.profile.render import CSV_HEADER
 
@@ -27,11 +29,11 @@ TINY = {"layers": [1, 1, 1, 1], "num_classes": 10}
 
 @pytest.fixture(scope="module")
 def reports() -> list[ProfileReport]:
-    a = summarize(count_model(build_meta_model("cotnext50_2x48d", **TINY), (1, 3, 64, 64)), model="tiny_cotnext",
+    a = build_report(count_model(build_meta_model("cotnext50_2x48d", **TINY), (1, 3, 64, 64)), model="tiny_cotnext",
                   depth=2)
-    b = summarize(count_model(build_meta_model("se_cotnetd_50", **TINY), (2, 3, 64, 64)), model="tiny_se",
+    b = build_report(count_model(build_meta_model("se_cotnetd_50", **TINY), (2, 3, 64, 64)), model="tiny_se",
                   convention="official")
-    b.measure = measure_latency(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), size=16, warmup=0, repeats=3).to_dict()
+    b.measure = measure_latency(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), size=16, warmup=0, repeats=3)
     return [a, b]
 
 
@@ -107,3 +109,23 @@ def test_text_table(reports: list[ProfileReport]) -> None:
     overview = render_text(reports)
     assert "tiny_cotnext" in overview and "tiny_se" in overview and "GMACs" in overview
     assert f"{reports[0].macs:,}" in overview and "Stages" not in overview
+    # terminal tables format the exact counts compactly at the edge (G = 1e9, M = 1e6, exact below a million)
+    stage = reports[1].stages[1]
+    assert f"{stage.macs / 1e6:.2f} M" in text if stage.macs >= 10**6 else f"{stage.macs:,}" in text
+
+
+def test_registry_of_formats() -> None:
+    assert tuple(RENDERERS) == ("table", "json", "csv", "markdown")
+    from cotviz.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="unknown format 'xml'"):
+        render_reports([], "xml")
+
+
+def test_measure_is_kept_once(reports: list[ProfileReport]) -> None:
+    """The measurement lives on the report as a MeasureResult; every format reads it from there."""
+    r = reports[1]
+    assert r.measure is not None and r.to_dict()["measure"] == r.measure.to_dict()
+    assert json.loads(render_reports(reports[1:], "JSON"))["measure"]["median_ms"] == r.measure.median_ms
+    rows = list(csv.DictReader(io.StringIO(render_csv(reports[1:]))))
+    assert float(next(x["value"] for x in rows if x["name"] == "median")) == r.measure.median_ms

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cotviz.layers import BlurPool2d, CoXtLayer, LocalAggregation
-from cotviz.profile import count_model, summarize
+from cotviz.layers import BlurPool2d, CotLayer, CoXtLayer, LocalAggregation
+from cotviz.profile import build_report, count_model
 from cotviz.profile.counting import CountResult
 from cotviz.profile.rules import ACT, CONV, DATA, ELEMENTWISE, LINEAR, LOCAL_AGG, NORM, POOL
 
@@ -89,6 +89,79 @@ def test_coxt_local_aggregation_double_count_is_official_only() -> None:
     assert [c.macs for c in local] == [2 * 32 * 9 * 6 * 6] == [2 * true]
 
 
+def _by_module(r: CountResult) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for o in r.ops:
+        out[o.module] = out.get(o.module, 0) + o.macs
+    return out
+
+
+def test_cot_layer_counted_by_hand_under_both_conventions() -> None:
+    """CotLayer(16) on (1, 16, 5, 5): every op written out from the layer's shapes (C=16, N=H*W=25, K*K=9,
+    C/8=2 maps, embed width C/2=8, fusion width max(2C/4, 32)=32)."""
+    layer = _meta(CotLayer, 16)
+    r = count_model(layer, (1, 16, 5, 5))
+    complete = {
+        "key_embed.0": 400 * 16 // 4 * 9,  # KxK conv, groups 4: 400 outputs x (C/4)*9
+        "key_embed.1": 2 * 400, "key_embed.2": 400,  # BN, ReLU
+        "embed.0": 200 * 32,  # 1x1 conv 2C -> C/2: 200 outputs x 2C
+        "embed.1": 2 * 200, "embed.2": 200,
+        "embed.3": 450 * 8 + 450,  # 1x1 conv C/2 -> 9*2 with bias: 450 outputs x 8, + bias
+        "embed.4": 4 * 450,  # GroupNorm
+        "conv1x1.0": 400 * 16, "conv1x1.1": 2 * 400,
+        "local_conv": 16 * 9 * 25,  # C * K*K * H*W, once
+        "bn": 2 * 400, "act": 400,
+        "se.0": 32 * 16 + 32, "se.1": 2 * 32, "se.2": 32, "se.3": 32 * 32 + 32,  # on the (1, C, 1, 1) gap
+        # the layer's own ops: two means (numel in), their sum, softmax (3/element), k*a, addcmul (2/element)
+        "": 400 + 400 + 16 + 3 * 32 + 400 + 2 * 400,
+    }
+    assert {k: v for k, v in _by_module(r).items() if v} == complete
+    assert sum(complete.values()) == _complete(r) == 44_258
+    # official: the same per leaf module (conv with bias, BN x2, acts, pools numel); no GroupNorm, no functional ops
+    official = {k: v for k, v in complete.items() if k not in ("", "embed.4")}
+    assert {c.module: c.macs for c in r.official} == official
+    assert _official(r) == 44_258 - 2_112 - 1_800
+
+
+class _NoAggregation(CotLayer):
+    """A CoT-layer subclass whose 3x3 slot holds no local aggregation (a comparison operator's shape)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        del self.local_conv
+        self.mix = nn.Conv2d(dim, dim, 3, padding=1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mix(self.key_embed(x))
+
+
+def test_cot_subclass_without_local_conv_counts() -> None:
+    r = count_model(_meta(_NoAggregation, 8), (2, 8, 4, 4))  # raised AttributeError before
+    out = 2 * 8 * 16  # (2, 8, 4, 4)
+    assert _complete(r, CONV) == out * 8 // 4 * 9 + out * 8 * 9  # grouped key conv + the 3x3 mix
+    assert _complete(r, LOCAL_AGG) == 0 and not [o for o in r.ops if o.kind is None]
+    assert _official(r) == out * 2 * 9 + 2 * out + out + out * 8 * 9  # conv, BN (x2), ReLU, conv
+
+
+class _EinsumAggregation(LocalAggregation):
+    """The same aggregation, computed by unfold + multiply + sum instead of the cotviz kernel (stride 1)."""
+
+    def forward(self, x: Tensor, weight: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        cw, kk = weight.shape[2], self.kernel_size ** 2
+        cols = F.unfold(x, self.kernel_size, padding=self.padding).view(b, c // cw, cw, kk, h, w)
+        return (cols * weight.view(b, 1, cw, kk, h, w)).sum(3).view(b, c, h, w)  # (B, C, H, W)
+
+
+def test_aggregation_is_counted_at_its_module_whatever_runs_inside() -> None:
+    m = _meta(_Agg, 6, 3, 3)
+    m.local_conv = _EinsumAggregation(6, 3)
+    r = count_model(m, (2, 6, 5, 5))
+    assert [(o.module, o.kind, o.macs) for o in r.ops if o.macs] == [("local_conv", LOCAL_AGG, 2 * 6 * 9 * 25)]
+    assert not [o for o in r.ops if o.kind is None]  # im2col, mul, sum inside: neither counted nor uncounted
+    assert _official(r) == 0  # the official counter hooks exact types only (ptflops)
+
+
 @pytest.mark.parametrize("affine, official", [(True, 2 * 72), (False, 72)])
 def test_batchnorm(affine: bool, official: int) -> None:
     bn = _meta(nn.BatchNorm2d, 4, affine=affine)
@@ -102,7 +175,7 @@ def test_groupnorm_complete_only_and_listed_by_official() -> None:
     r = count_model(gn, (2, 4, 3, 3))  # 72 elements
     assert _complete(r, NORM) == 4 * 72 == 288  # sum x, sum x^2, one folded multiply-add
     assert _official(r) == 0
-    rep = summarize(r, model="gn", convention="official")
+    rep = build_report(r, model="gn", convention="official")
     assert [(u.op, u.module_type, u.calls, u.macs_complete) for u in rep.uncounted] == [
         ("aten.native_group_norm", "GroupNorm", 1, 288)]
 
@@ -135,7 +208,7 @@ def test_functional_ops_counted_and_official_lists_them() -> None:
     assert _complete(r, ELEMENTWISE) == 18 + 18 + 18
     assert sum(o.kind == DATA for o in r.ops) >= 1  # cat (and the slice view)
     assert _official(r) == 0
-    rep = summarize(r, model="f", convention="official")
+    rep = build_report(r, model="f", convention="official")
     listed = {u.op for u in rep.uncounted}
     assert {"aten._softmax", "aten.mean", "aten.mul", "aten.add", "aten.add_"} <= listed
     assert sum(u.macs_complete or 0 for u in rep.uncounted) == _complete(r)
@@ -151,7 +224,7 @@ def test_unknown_op_is_listed_never_silently_zero() -> None:
     unknown = [o for o in r.ops if o.kind is None]
     assert [o.op for o in unknown] == ["aten.cumsum"]
     for convention in ("complete", "official"):
-        rep = summarize(r, model="u", convention=convention)
+        rep = build_report(r, model="u", convention=convention)
         row = [u for u in rep.uncounted if u.op == "aten.cumsum"]
         assert row and row[0].macs_complete is None and row[0].calls == 1
         assert any("no counting rule" in n for n in rep.notes)
