@@ -19,6 +19,7 @@ from cotviz.profile import (
     MeasureOptions,
     ProfileReport,
     accuracy_point,
+    estimate_forward_memory,
     measure_latency,
     measure_model,
     plot_latency_vs_accuracy,
@@ -113,9 +114,10 @@ def test_memory_check_refuses_before_allocating() -> None:
 
 
 def test_memory_check_can_be_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(resources, "available_memory", lambda: 2**20)  # a machine with 1 MiB free
+    needed = estimate_forward_memory("resnet50", 32)
+    monkeypatch.setattr(resources, "available_memory", lambda: needed - 1)  # room for the weights, not the forward
     options = MeasureOptions(warmup=0, repeats=1)
-    with pytest.raises(ResourceLimitError, match="only 1.0 MiB is available"):
+    with pytest.raises(ResourceLimitError, match=f"needs about {resources.format_bytes(needed)} of memory"):
         profile_model("resnet50", size=32, measure=options)
     r = profile_model("resnet50", size=32, measure=options, memory_check=False)
     assert r.measure is not None and r.measure.repeats == 1 and r.measure.size == 32
