@@ -371,17 +371,22 @@ def _finish_rgb(work: Image.Image, value_range: tuple[float, float] | None = Non
     return work
 
 
+def _tile_shape(width: int, height: int, factor: int) -> tuple[int, int]:
+    """``(tile_w, tile_h)`` of :func:`_tiles`: about :data:`_TILE_PIXELS` pixels, sides multiples of ``factor``."""
+    if width * factor <= _TILE_PIXELS:
+        tile_w = width
+    else:
+        tile_w = max(factor, _TILE_PIXELS // factor // factor * factor)
+    return tile_w, min(height, max(factor, _TILE_PIXELS // tile_w // factor * factor))
+
+
 def _tiles(width: int, height: int, factor: int) -> list[tuple[int, int, int, int]]:
     """Boxes ``(x0, y0, x1, y1)`` covering the image in about :data:`_TILE_PIXELS` pixels each, row-major.
 
     Tile sides are multiples of ``factor`` (except at the right and bottom edges), so reducing tile by tile
     averages exactly the blocks that reducing the whole image would.
     """
-    if width * factor <= _TILE_PIXELS:
-        tile_w = width
-    else:
-        tile_w = max(factor, _TILE_PIXELS // factor // factor * factor)
-    tile_h = max(factor, _TILE_PIXELS // tile_w // factor * factor)
+    tile_w, tile_h = _tile_shape(width, height, factor)
     return [(x, y, min(x + tile_w, width), min(y + tile_h, height))
             for y in range(0, height, tile_h) for x in range(0, width, tile_w)]
 
@@ -480,7 +485,7 @@ def _decode_estimate(im: Image.Image, stored_size: tuple[int, int], factor: int)
     else:
         buffers = decoded
     output = _image_bytes(-(-width // factor), -(-height // factor), 4)
-    tiles = 4 * _image_bytes(1, _TILE_PIXELS, 4)  # a tile and its conversions (1 px wide: row pointers dominate)
+    tiles = 4 * _image_bytes(*_tile_shape(width, height, factor), 4)  # a tile and its conversions
     conversion = (2 if factor > 1 else 1) * output + tiles
     return decoded + max(buffers, conversion)
 
@@ -503,7 +508,7 @@ def _issue_warnings(path: Path, caught: list[warnings.WarningMessage]) -> None:
     more = f" (and {len(messages) - 1} more)" if len(messages) > 1 else ""
     first = messages[0].rstrip(".")
     if any(k in first.lower() for k in ("exif", "tag", "metadata", "xmp")):
-        text = f"{_show(path)}: damaged metadata ignored ({first}){more}; the pixels decoded normally"
+        text = f"{_show(path)}: damaged metadata ignored (Pillow: {first}){more}; the pixels decoded normally"
     else:
         text = f"{_show(path)}: Pillow reported a problem ({first}){more}; the image decoded anyway"
     warnings.warn(text, ImageWarning, stacklevel=3)

@@ -12,11 +12,12 @@ The transform (timm ``transforms_imagenet_eval`` with ``crop_mode="center"``, i.
 
 With ``crop=False`` step 2 resizes the whole image to ``S x S`` (aspect ratio not kept) and step 3 is skipped.
 
-Bounded work: steps 2-3 run literally (bit for bit as timm) whenever the resize of the whole image is small
-(every ordinary photo); for an absurd aspect ratio (a 100000 x 1 strip would resize to 25.6 million x 256
-pixels) the crop box is computed first and only it is resampled onto ``S x S`` (within one grey level of the
-literal steps), and a side shrinking more than 32-fold is first box-averaged (Pillow's ``reducing_gap``
-scheme), so memory and time depend on ``S``, not on the image's shape.
+Bounded work: steps 2-3 run literally (bit for bit as timm) whenever resizing the whole image stays small
+(64 Mi intermediate pixels, at most a 32-fold shrink: every ordinary photo, at any ``S``). Otherwise (an absurd
+aspect ratio: a 100000 x 1 strip would resize to 25.6 million x 256 pixels) the crop box -- the same numbers --
+is computed first and only it is resampled onto ``S x S``, a side shrinking more than 32-fold being first
+box-averaged (Pillow's ``reducing_gap`` scheme), so memory and time depend on ``S``, not on the image's shape;
+the pixels are then within Pillow's 8-bit rounding of the literal steps (see ``_resample_box``).
 
 Geometry: coordinates are continuous pixel coordinates (pixel ``i`` covers ``[i, i + 1)``). Pillow's resize maps
 ``[0, w)`` of the source linearly onto ``[0, w_r)``, the crop is a translation and :func:`cotviz.io.load_image`'s
@@ -60,7 +61,8 @@ Interpolation = Literal["bicubic", "bilinear"]
 _EXACT_RESIZE_PIXELS = 1 << 24
 #: Largest per-axis shrink factor resampled directly; beyond it see :func:`_resample_box`.
 _MAX_RESAMPLE_RATIO = 32.0
-_REDUCING_GAP = 3.0
+#: After that first integer reduction a side still shrinks at least this much (16..32-fold) in the resample.
+_REDUCING_GAP = 16.0
 #: Filter support radius in source pixels at scale 1 (Pillow's bicubic: 2, bilinear: 1).
 _SUPPORT: dict[str, float] = {"bicubic": 2.0, "bilinear": 1.0}
 _RESAMPLE: dict[str, Image.Resampling] = {
@@ -235,15 +237,15 @@ def _resample_box(
 ) -> Image.Image:
     """The ``size x size`` model input resampled from ``box`` of ``rgb`` alone (continuous coordinates).
 
-    Equivalent to resizing the whole image and cropping (within one grey level on a few pixels: Pillow takes
-    box corners as float32, so a filter weight can round the other way), but the work and memory depend on
-    ``size`` and the box only: a 100000 x 1 strip would be 25.6 million x 256 pixels resized whole. Steps: cut
-    the box plus the filter's reach, then Pillow's two passes (horizontal, vertical, the order of a whole
-    resize) with the box shifted into the cut. A side that shrinks more than :data:`_MAX_RESAMPLE_RATIO` times
-    (``crop=False`` on an absurd strip: Pillow would keep ``4 * shrink`` weights per output pixel, gigabytes
-    for a 10^6-fold shrink) is first box-averaged by an integer factor leaving at least :data:`_REDUCING_GAP`
-    times the output, Pillow's own ``reducing_gap`` scheme (which its documentation calls indistinguishable
-    from exact resampling in most cases).
+    What resizing the whole image and cropping gives, but the work and memory depend on ``size`` and the box
+    only: a 100000 x 1 strip would be 25.6 million x 256 pixels resized whole. Steps: cut the box plus the
+    filter's reach out of the image, then Pillow's two passes (horizontal, then vertical) with the box shifted
+    into the cut. Close to, not bit-identical with, the whole-image resize: Pillow takes box corners as
+    float32, and it picks the order of its two 8-bit passes by the image's shape (tested: within 2 grey levels,
+    mean below 0.5, on smooth images). A side that shrinks more than :data:`_MAX_RESAMPLE_RATIO` times
+    (``crop=False`` on an absurd strip: Pillow would keep ``4 * shrink`` filter weights per output pixel,
+    gigabytes for a 10^6-fold shrink) is first box-averaged by the integer factor that leaves a shrink of
+    :data:`_REDUCING_GAP` to twice that (Pillow's own ``reducing_gap`` scheme).
     """
     resample = _RESAMPLE[interpolation]
     width, height = rgb.size

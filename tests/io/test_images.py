@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps, features
 
 from cotviz.errors import ImageError, InvalidArgumentError
-from cotviz.io import expand_inputs, image_extensions, load_image, to_rgb
+from cotviz.io import expand_inputs, image_extensions, images, load_image, to_rgb
+from cotviz.io.images import ImageWarning
 
 RNG_SEED = 1234
 
@@ -453,6 +457,141 @@ def test_invalid_arguments(tmp_path: Path) -> None:
         load_image(tmp_path / "x.png", max_side=0)
     with pytest.raises(InvalidArgumentError):
         load_image(tmp_path / "x.png", max_pixels=0)
+    with pytest.raises(InvalidArgumentError):
+        load_image(tmp_path / "x.png", max_decode_bytes=0)
+
+
+def test_decode_memory_estimate_refuses_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "m.png"
+    Image.fromarray(_rgb_array(300, 200)).save(path)
+    decoded: list[int] = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(1))  # must not be reached
+    with pytest.raises(ImageError) as err:
+        load_image(path, max_decode_bytes=100_000)
+    _assert_one_line(err, "refusing", "m.png", "300x200 RGB", "97.7 KiB", "max_decode_bytes")
+    assert not decoded
+    monkeypatch.undo()
+    # the estimate counts the decoded image (4 bytes per pixel + a row pointer) and the RGB result
+    needed = 2 * 200 * (300 * 4 + 8) + 4 * 200 * (300 * 4 + 8)  # + a tile (here the whole image) converted
+    with pytest.raises(ImageError):
+        load_image(path, max_decode_bytes=needed - 1)
+    assert load_image(path, max_decode_bytes=needed).size == (300, 200)
+
+
+def test_one_pixel_wide_strip_counts_its_row_pointers(tmp_path: Path) -> None:
+    path = tmp_path / "strip.png"
+    Image.new("L", (1, 100_000), 9).save(path)
+    # L pixels are 1 byte but every row also costs an 8-byte pointer, in the decoded image and in the result
+    tile = 4 * min(images._TILE_PIXELS, 100_000) * (4 + 8)  # a tile of the conversion, 1 px wide
+    needed = 100_000 * (1 + 8) + 100_000 * (4 + 8) + tile
+    with pytest.raises(ImageError, match="1x100000 L image needs about"):
+        load_image(path, max_decode_bytes=needed - 1)
+    assert load_image(path, max_decode_bytes=needed).size == (1, 100_000)
+
+
+# ---------------------------------------------------------------------------------------------- conversion
+
+
+_MODES = ["1", "L", "LA", "P", "PA", "I;16", "I", "F", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"]
+
+
+def _any_image(mode: str, width: int, height: int, seed: int) -> Image.Image:
+    """A random image of ``mode``; P gets a random palette and a transparent index, F/I wide value ranges."""
+    rng = np.random.default_rng(seed)
+    if mode in ("I", "F"):
+        scale = 10.0 ** rng.integers(0, 9)
+        values = rng.standard_normal((height, width)) * scale
+        im = Image.fromarray(values.astype(np.int32 if mode == "I" else np.float32))
+        if mode == "F" and width * height > 2:
+            im.putpixel((0, 0), float("nan"))
+        return im
+    if mode == "I;16":
+        return Image.frombytes("I;16", (width, height), rng.integers(0, 65536, width * height).astype("<u2").tobytes())
+    bands = len(Image.getmodebands(mode) * "x")
+    im = Image.frombytes(mode, (width, height), rng.integers(0, 256, width * height * bands, dtype=np.uint8).tobytes())
+    if mode in ("P", "PA"):
+        im.putpalette(rng.integers(0, 256, 768, dtype=np.uint8).tobytes())
+        if mode == "P":
+            im.info["transparency"] = int(rng.integers(0, 256))
+    return im
+
+
+@settings(max_examples=60, deadline=None)
+@given(mode=st.sampled_from(_MODES), width=st.integers(1, 40), height=st.integers(1, 40),
+       factor=st.integers(1, 5), tile=st.integers(1, 200), seed=st.integers(0, 2**16))
+def test_tile_wise_conversion_equals_whole_image(mode: str, width: int, height: int, factor: int, tile: int,
+                                                 seed: int) -> None:
+    """Converting tile by tile (any tile size, any reduction) gives exactly the whole-image conversion."""
+    im = _any_image(mode, width, height, seed)
+    work, alpha = images._working_image(im)
+    reference = images._finish_rgb(work.reduce(factor) if factor > 1 else work)  # the whole image at once
+    old_tile = images._TILE_PIXELS
+    images._TILE_PIXELS = tile
+    try:
+        rgb, has_alpha = images._convert(im, factor)
+    finally:
+        images._TILE_PIXELS = old_tile
+    assert rgb.mode == "RGB" and rgb.size == reference.size and has_alpha == alpha
+    np.testing.assert_array_equal(np.asarray(rgb), np.asarray(reference))
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "I;16"])
+@pytest.mark.parametrize("orientation", [3, 6, 7])
+def test_small_modes_are_transposed_before_conversion(tmp_path: Path, mode: str, orientation: int) -> None:
+    # at full size, 1- and 2-byte images are transposed before the (per-pixel) conversion: same pixels
+    im = _any_image(mode, 23, 11, seed=orientation)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.png"
+    im.save(path, exif=exif, transparency=5) if mode == "P" else im.save(path, exif=exif)
+    loaded = load_image(path)
+    assert loaded.orientation == orientation and loaded.original_size == loaded.size
+    with Image.open(path) as raw:
+        upright = ImageOps.exif_transpose(raw)
+        expected, _ = to_rgb(upright)
+    np.testing.assert_array_equal(np.asarray(loaded.image), np.asarray(expected))
+
+
+# ------------------------------------------------------------------------------------------------ warnings
+
+
+@pytest.mark.parametrize(("fmt", "ext", "mode"), [
+    ("PNG", ".png", "RGBA"), ("JPEG", ".jpg", "RGB"), ("TIFF", ".tif", "I;16"), ("GIF", ".gif", "P"),
+    ("BMP", ".bmp", "RGB"), ("WEBP", ".webp", "RGB"),
+])
+def test_ordinary_files_issue_no_warnings(tmp_path: Path, fmt: str, ext: str, mode: str) -> None:
+    if fmt == "WEBP" and not features.check("webp"):
+        pytest.skip("Pillow built without WebP support")
+    path = tmp_path / f"plain{ext}"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "camera"  # Make
+    kwargs = {"exif": exif} if fmt in ("PNG", "JPEG", "WEBP", "TIFF") else {}
+    _any_image(mode, 40, 30, seed=3).save(path, format=fmt, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        load_image(path, max_side=8)
+
+
+def _corrupt_exif() -> bytes:
+    """EXIF with a valid orientation (6) and an ImageDescription whose 64 bytes lie past the end of the block."""
+    entries = struct.pack("<HHII", 0x0112, 3, 1, 6) + struct.pack("<HHII", 0x010E, 2, 64, 200)
+    return b"Exif\x00\x00II*\x00" + struct.pack("<IH", 8, 2) + entries + struct.pack("<I", 0)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_corrupt_exif_is_one_clear_warning(tmp_path: Path, ext: str) -> None:
+    path = tmp_path / f"bad exif{ext}"
+    Image.fromarray(_rgb_array(8, 6)).save(path, exif=_corrupt_exif())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_image(path)
+    assert [w.category for w in caught] == [ImageWarning]
+    text = str(caught[0].message)
+    assert "\n" not in text and text.startswith(f"{path}: damaged metadata ignored (Pillow: ")
+    assert "the pixels decoded normally" in text
+    assert caught[0].filename == __file__  # points at the caller, not at Pillow's internals
+    assert loaded.orientation == 6 and loaded.size == (6, 8)  # the readable part of the EXIF still applies
 
 
 # ------------------------------------------------------------------------------------------------ expansion
