@@ -16,7 +16,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -45,6 +45,19 @@ def manifest(reference_dir: Path) -> dict[str, Any]:
     with open(reference_dir / "state_dict_manifest.json", encoding="utf-8") as fh:
         data: dict[str, Any] = json.load(fh)
     return data
+
+
+@pytest.fixture(scope="session")
+def load_reference(reference_dir: Path) -> Callable[[str], dict[str, Any]]:
+    """``load_reference("tiny_cotnet_golden.pt")``: a reference file, read once per session (do not mutate it)."""
+    cache: dict[str, dict[str, Any]] = {}
+
+    def load(name: str) -> dict[str, Any]:
+        if name not in cache:
+            cache[name] = torch.load(reference_dir / name, weights_only=True)
+        return cache[name]
+
+    return load
 
 
 @pytest.fixture

@@ -1,14 +1,30 @@
-"""Layers: the CoT/CoXt operators, the other spatial operators and the name -> operator factory."""
+"""Layers: the CoT/CoXt operators, the other spatial operators, the name -> operator factory and its specs."""
 
 from cotviz.layers.aggregation import LocalAggregation
 from cotviz.layers.blur import BlurPool2d
 from cotviz.layers.conv import ConvBnAct
 from cotviz.layers.cot import TAP_NAMES, CotLayer, CoXtLayer
-from cotviz.layers.factory import create_spatial_layer, list_spatial_layers, register_spatial_layer
+from cotviz.layers.downsample import (
+    Downsample,
+    create_downsample,
+    list_downsample_modes,
+    register_downsample_mode,
+)
+from cotviz.layers.factory import (
+    LayerOption,
+    SpatialLayerType,
+    create_spatial_layer,
+    list_spatial_layers,
+    register_spatial_layer,
+    spatial_layer_type,
+)
+from cotviz.layers.spec import PLAIN_LAYER, STAGES, LayerSpec, as_layer_spec, parse_layer_spec
 from cotviz.layers.split_attn import SplitAttnConv2d
 from cotviz.layers.tap import Tap
 
 __all__ = [
-    "TAP_NAMES", "BlurPool2d", "ConvBnAct", "CotLayer", "CoXtLayer", "LocalAggregation", "SplitAttnConv2d",
-    "Tap", "create_spatial_layer", "list_spatial_layers", "register_spatial_layer",
+    "PLAIN_LAYER", "STAGES", "TAP_NAMES", "BlurPool2d", "ConvBnAct", "CotLayer", "CoXtLayer", "Downsample",
+    "LayerOption", "LayerSpec", "LocalAggregation", "SpatialLayerType", "SplitAttnConv2d", "Tap", "as_layer_spec",
+    "create_downsample", "create_spatial_layer", "list_downsample_modes", "list_spatial_layers", "parse_layer_spec",
+    "register_downsample_mode", "register_spatial_layer", "spatial_layer_type",
 ]

@@ -10,8 +10,6 @@ __all__ = ["ConvBnAct"]
 class ConvBnAct(nn.Module):
     """``conv`` (KxK, no bias, ``groups``) -> ``bn`` -> ``act``. (B, Cin, H, W) -> (B, Cout, H/s, W/s)."""
 
-    supports_stride = True
-
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  dilation: int = 1, groups: int = 1, *, act_layer: type[nn.Module] = nn.ReLU) -> None:
         super().__init__()

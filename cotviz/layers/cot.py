@@ -37,7 +37,8 @@ class CotLayer(nn.Module):
 
     Args:
         dim: channels C in and out.
-        kernel_size: K of the static-context conv and of the local attention window.
+        kernel_size: K of the local attention window (and of the static-context conv by default).
+        key_kernel_size: K of the static-context conv alone (``None``: ``kernel_size``; Table 6 of the paper).
         share_planes: channels sharing one attention map; C/share_planes maps per position.
         factor: channel reduction of the first 1x1 conv of ``embed`` (2C -> C/factor).
         key_groups: groups of the KxK static-context conv.
@@ -48,9 +49,8 @@ class CotLayer(nn.Module):
     Shapes: (B, C, H, W) -> (B, C, H, W).
     """
 
-    supports_stride = False
-
-    def __init__(self, dim: int, kernel_size: int = 3, *, share_planes: int = 8, factor: int = 2,
+    def __init__(self, dim: int, kernel_size: int = 3, *, key_kernel_size: int | None = None,
+                 share_planes: int = 8, factor: int = 2,
                  key_groups: int = 4, radix: int = 2, reduction_factor: int = 4, min_attn_chs: int = 32,
                  cardinality: int = 1) -> None:
         super().__init__()
@@ -61,8 +61,10 @@ class CotLayer(nn.Module):
         self.cardinality = cardinality
         g = cardinality
         num_maps = dim // share_planes  # attention maps per position, over all groups
+        key_k = kernel_size if key_kernel_size is None else key_kernel_size
+        self.key_kernel_size = key_k
         self.key_embed = nn.Sequential(
-            nn.Conv2d(dim, dim, kernel_size, stride=1, padding=kernel_size // 2, groups=key_groups, bias=False),
+            nn.Conv2d(dim, dim, key_k, stride=1, padding=key_k // 2, groups=key_groups, bias=False),
             nn.BatchNorm2d(dim),
             nn.ReLU(inplace=True),
         )

@@ -6,7 +6,7 @@ results table (JDAI-CV/CoTNet, snapshot 895e024), as recorded in ``../shared/ref
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PaperResult", "PretrainedCfg"]
@@ -33,10 +33,6 @@ class PretrainedCfg:
     def image_size(self) -> int:
         """Square input side in pixels."""
         return self.input_size[-1]
-
-    def with_size(self, size: int) -> PretrainedCfg:
-        """The same config at another square input size (pool size follows the stride 32)."""
-        return replace(self, input_size=(self.input_size[0], size, size), pool_size=(size // 32, size // 32))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

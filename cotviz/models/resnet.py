@@ -10,8 +10,10 @@ Reproduces both official network classes of JDAI-CV/CoTNet with one skeleton:
   (``downsample.{1,2}``; index 0 is the parameter-free pool), CoT or split-attention (SE) per block
   by width/index routing, and for 152/200/270 a ``BlurPool2d`` AFTER the stride-1 operator.
 
-The operator in ``conv2`` is chosen by name (:func:`cotviz.layers.create_spatial_layer`), so the same
-skeleton hosts CoT, CoXt, split attention, plain conv or any later operator.
+The operator in ``conv2`` is chosen by a spec (:mod:`cotviz.layers.spec`: ``"cot"``, ``"cot:kernel=5"``,
+``"sa:kernel=7"``, ``"cot@4"``), so the same skeleton hosts CoT, CoXt, split attention, plain conv,
+local self-attention, the paper's ablations or any later operator. Where a strided block downsamples is
+a registered mode (:mod:`cotviz.layers.downsample`), the stem a :class:`StemCfg` of explicit widths.
 """
 
 from __future__ import annotations
@@ -19,17 +21,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cotviz.layers.blur import BlurPool2d
-from cotviz.layers.factory import create_spatial_layer, spatial_layer_supports_stride
+from cotviz.errors import InvalidArgumentError
+from cotviz.layers.downsample import check_downsample_mode, create_downsample
+from cotviz.layers.spec import LayerSpec, as_layer_spec
 
-__all__ = ["Bottleneck", "CoTResNet", "FeatureInfo", "HybridRouting", "SpatialRouting", "get_act_layer"]
-
-DownsampleMode = Literal["op", "blur"]
+__all__ = ["Bottleneck", "CoTResNet", "FeatureInfo", "HybridRouting", "SpatialRouting", "StemCfg", "get_act_layer"]
 
 _ACTS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU, "gelu": nn.GELU}
 
@@ -44,8 +44,9 @@ def get_act_layer(act: str | type[nn.Module]) -> type[nn.Module]:
     return act
 
 
-#: Chooses the spatial operator name of block ``block_idx`` (0-based) of stage ``stage`` (1..4), width ``width``.
-SpatialRouting = Callable[[int, int, int], str]
+#: Chooses the spatial operator (a spec or its text) of block ``block_idx`` (0-based) of stage ``stage`` (1..4),
+#: width ``width``.
+SpatialRouting = Callable[[int, int, int], str | LayerSpec]
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,63 @@ class HybridRouting:
 
 
 @dataclass(frozen=True)
-class _Fixed:
-    """Routing that gives every block the same operator."""
+class _ByStage:
+    """Routing of one spec: its operator in the stages it names, plain ``conv`` in the others."""
 
-    name: str
+    spec: LayerSpec
 
-    def __call__(self, stage: int, block_idx: int, width: int) -> str:
-        return self.name
+    def __call__(self, stage: int, block_idx: int, width: int) -> LayerSpec:
+        return self.spec.for_stage(stage)
+
+
+#: Stem types of the official constructors -> conv widths for a ``stem_width`` (timm ResNet ``stem_type``).
+_STEM_TYPES: dict[str, Callable[[int], tuple[int, ...]]] = {
+    "": lambda w: (64,),  # one 7x7 conv to 64 channels (stem_width unused, as the official code)
+    "deep": lambda w: (w, w, 2 * w),
+    "deep_tiered": lambda w: (3 * (w // 4), w, 2 * w),
+}
+
+
+@dataclass(frozen=True)
+class StemCfg:
+    """The stem's convolutions: one 7x7 stride-2 conv (``kernel_size=7``, one width) or a deep stem of
+    3x3 convs, the first with stride 2 (``kernel_size=3``), BN + act between them.
+
+    ``widths``: output channels of each conv; the last is the stem's output (BN ``bn1`` and act ``act1``
+    follow it in the network). Keys: ``conv1`` (7x7) or ``conv1.{0,1,3,4,6}`` (three 3x3 convs).
+    """
+
+    kernel_size: int
+    widths: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.kernel_size not in (3, 7) or not self.widths or (self.kernel_size == 7) != (len(self.widths) == 1):
+            raise ValueError(f"a stem is one 7x7 conv or several 3x3 convs, got kernel_size={self.kernel_size}, "
+                             f"widths={self.widths}")
+
+    @classmethod
+    def from_type(cls, stem_type: str, stem_width: int) -> StemCfg:
+        """The official ``stem_type`` (``""``, ``"deep"``, ``"deep_tiered"``) at ``stem_width``."""
+        try:
+            widths = _STEM_TYPES[stem_type](stem_width)
+        except KeyError:
+            raise ValueError(f"stem_type must be one of {', '.join(map(repr, _STEM_TYPES))}, got {stem_type!r}") from None
+        return cls(7 if len(widths) == 1 else 3, widths)
+
+    @property
+    def out_channels(self) -> int:
+        return self.widths[-1]
+
+    def build(self, in_chans: int, act: type[nn.Module]) -> nn.Module:
+        """(B, in_chans, H, W) -> (B, out_channels, H/2, W/2), before ``bn1``."""
+        if self.kernel_size == 7:
+            return nn.Conv2d(in_chans, self.widths[0], kernel_size=7, stride=2, padding=3, bias=False)
+        layers: list[nn.Module] = []
+        for i, (cin, cout) in enumerate(zip((in_chans, *self.widths[:-1]), self.widths, strict=True)):
+            if i:
+                layers += [nn.BatchNorm2d(cin), act(inplace=True)]
+            layers.append(nn.Conv2d(cin, cout, 3, stride=2 if i == 0 else 1, padding=1, bias=False))
+        return nn.Sequential(*layers)
 
 
 @dataclass(frozen=True)
@@ -105,11 +156,12 @@ class DropPath(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """ResNet bottleneck (expansion 4) whose 3x3 operator ``conv2`` is a named spatial layer.
+    """ResNet bottleneck (expansion 4) whose 3x3 operator ``conv2`` is a spatial layer spec.
 
-    ``conv1`` 1x1 -> ``bn1`` -> ``act1`` -> [``avd`` AvgPool(3, 2, 1) if the operator cannot stride]
-    -> ``conv2`` -> [``aa`` BlurPool if ``downsample_mode == "blur"``] -> ``conv3`` 1x1 -> ``bn3``
-    -> (+ shortcut) -> ``act3``. Width = floor(planes * base_width / 64) * cardinality.
+    ``conv1`` 1x1 -> ``bn1`` -> ``act1`` -> [``avd``] -> ``conv2`` -> [``aa``] -> ``conv3`` 1x1 -> ``bn3``
+    -> (+ shortcut) -> ``act3``; ``avd`` / ``aa`` and the operator's stride come from the downsample mode
+    (``"op"``: the operator strides, or AvgPool(3, 2, 1) before one that cannot; ``"blur"``: BlurPool after
+    it). Width = floor(planes * base_width / 64) * cardinality.
     (B, inplanes, H, W) -> (B, 4 planes, H/stride, W/stride).
     """
 
@@ -121,22 +173,25 @@ class Bottleneck(nn.Module):
         return int(math.floor(planes * (base_width / 64)) * cardinality)
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, *,
-                 spatial_layer: str = "cot", cardinality: int = 1, base_width: int = 64,
+                 spatial_layer: str | LayerSpec = "cot", cardinality: int = 1, base_width: int = 64,
                  act_layer: type[nn.Module] = nn.ReLU, spatial_act_layer: type[nn.Module] = nn.ReLU,
-                 downsample_mode: DownsampleMode = "op", drop_path: float = 0.0) -> None:
+                 downsample_mode: str = "op", drop_path: float = 0.0) -> None:
         super().__init__()
         width = self.width_of(planes, base_width, cardinality)
         outplanes = planes * self.expansion
-        self.spatial_layer = spatial_layer
+        spec = as_layer_spec(spatial_layer)
+        if spec.stages is not None:
+            raise InvalidArgumentError(
+                f"a block takes one operator; stage selection ({spec}) is the network's spatial_layer")
+        self.spatial_layer = spec
         self.stride = stride
-        op_strides = downsample_mode == "op" and spatial_layer_supports_stride(spatial_layer)
+        plan = create_downsample(downsample_mode, width, stride, op_strides=spec.supports_stride)
         self.conv1 = nn.Conv2d(inplanes, width, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.act1 = act_layer(inplace=True)
-        self.avd = nn.AvgPool2d(3, 2, padding=1) if stride > 1 and downsample_mode == "op" and not op_strides else None
-        self.conv2 = create_spatial_layer(spatial_layer, width, stride=stride if op_strides else 1,
-                                          cardinality=cardinality, act_layer=spatial_act_layer)
-        self.aa = BlurPool2d(width, stride=stride) if stride > 1 and downsample_mode == "blur" else None
+        self.avd = plan.before
+        self.conv2 = spec.build(width, stride=plan.op_stride, cardinality=cardinality, act_layer=spatial_act_layer)
+        self.aa = plan.after
         self.conv3 = nn.Conv2d(width, outplanes, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(outplanes)
         self.act3 = act_layer(inplace=True)
@@ -180,12 +235,16 @@ class CoTResNet(nn.Module):
         layers: blocks per stage, e.g. ``[3, 4, 6, 3]``.
         num_classes, in_chans: classifier outputs and input channels.
         cardinality, base_width: bottleneck width = floor(planes * base_width / 64) * cardinality.
-        stem_width, stem_type: ``""`` (7x7 conv) or ``"deep"`` / ``"deep_tiered"`` (three 3x3 convs).
+        stem_width, stem_type: ``""`` (7x7 conv) or ``"deep"`` / ``"deep_tiered"`` (three 3x3 convs), see
+            :class:`StemCfg`.
         stem_pool: max-pool after the stem (CoTNet); without it ``layer1`` has stride 2 (SE-CoTNetD).
         avg_down: average-pool projection shortcut (ResNet-D).
-        spatial_layer: operator name for every block, or a routing callable (stage, block_idx, width) -> name.
+        spatial_layer: an operator spec (``"cot"``, ``"cot:kernel=5"``, ``"cot@4"``: the named stages get the
+            operator, the others plain ``conv``; text or :class:`~cotviz.layers.spec.LayerSpec`), or a routing
+            callable (stage, block_idx, width) -> spec.
         act_layer: stem and bottleneck activation; spatial_act_layer: activation inside split-attention convs.
-        downsample_mode: ``"op"`` (operator strides, or avg-pool before it) or ``"blur"`` (BlurPool after it).
+        downsample_mode: a registered mode (:mod:`cotviz.layers.downsample`): ``"op"`` (operator strides, or
+            avg-pool before it) or ``"blur"`` (BlurPool after it).
         drop_rate, drop_path_rate: classifier dropout and stochastic-depth rate.
         zero_init_last_bn: zero the last BN of each block at init (official default).
     """
@@ -193,33 +252,24 @@ class CoTResNet(nn.Module):
     def __init__(self, layers: Sequence[int], *, num_classes: int = 1000, in_chans: int = 3,
                  cardinality: int = 1, base_width: int = 64, stem_width: int = 64, stem_type: str = "",
                  stem_pool: bool = True, avg_down: bool = False,
-                 spatial_layer: str | SpatialRouting = "cot", act_layer: str | type[nn.Module] = "relu",
-                 spatial_act_layer: str | type[nn.Module] = "relu", downsample_mode: DownsampleMode = "op",
+                 spatial_layer: str | LayerSpec | SpatialRouting = "cot", act_layer: str | type[nn.Module] = "relu",
+                 spatial_act_layer: str | type[nn.Module] = "relu", downsample_mode: str = "op",
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0, zero_init_last_bn: bool = True) -> None:
         super().__init__()
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
             raise ValueError(f"layers must be 4 positive block counts, got {list(layers)}")
-        if stem_type not in ("", "deep", "deep_tiered"):
-            raise ValueError(f"stem_type must be '', 'deep' or 'deep_tiered', got {stem_type!r}")
-        if downsample_mode not in ("op", "blur"):
-            raise ValueError(f"downsample_mode must be 'op' or 'blur', got {downsample_mode!r}")
+        self.stem_cfg = StemCfg.from_type(stem_type, stem_width)
+        check_downsample_mode(downsample_mode)
         act = get_act_layer(act_layer)
         spatial_act = get_act_layer(spatial_act_layer)
-        route: SpatialRouting = spatial_layer if callable(spatial_layer) else _Fixed(spatial_layer)
+        route: SpatialRouting = (_ByStage(as_layer_spec(spatial_layer)) if isinstance(spatial_layer, str | LayerSpec)
+                                 else spatial_layer)
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.layers = [int(n) for n in layers]
 
-        inplanes = stem_width * 2 if "deep" in stem_type else 64
-        if "deep" in stem_type:
-            c1, c2 = (3 * (stem_width // 4), stem_width) if "tiered" in stem_type else (stem_width, stem_width)
-            self.conv1: nn.Module = nn.Sequential(
-                nn.Conv2d(in_chans, c1, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c1), act(inplace=True),
-                nn.Conv2d(c1, c2, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(c2), act(inplace=True),
-                nn.Conv2d(c2, inplanes, 3, stride=1, padding=1, bias=False),
-            )
-        else:
-            self.conv1 = nn.Conv2d(in_chans, inplanes, kernel_size=7, stride=2, padding=3, bias=False)
+        inplanes = self.stem_cfg.out_channels
+        self.conv1 = self.stem_cfg.build(in_chans, act)
         self.bn1 = nn.BatchNorm2d(inplanes)
         self.act1 = act(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem_pool else None
@@ -333,7 +383,7 @@ class CoTResNet(nn.Module):
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def describe(self) -> dict[str, Any]:
-        """Per-stage block counts and operator names (for tables)."""
-        return {f"layer{i}": [b.spatial_layer for b in s] for i, s in enumerate(self.stages(), start=1)}
+    def describe(self) -> dict[str, list[str]]:
+        """The operator spec of every block, per stage: ``{"layer1": ["conv"], ..., "layer4": ["cot"]}``."""
+        return {f"layer{i}": [str(b.spatial_layer) for b in s] for i, s in enumerate(self.stages(), start=1)}
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from _helpers import randomize_norms
 from torch import nn
 
 from cotviz.models import create_model
@@ -25,21 +26,6 @@ TINY: dict[str, tuple[str, dict[str, Any]]] = {
                                                block_args=dict(conv_dim={16, 32}, c4_dim=64, c4_idx={0}))),
     "resnet": ("resnet50", dict(layers=[1, 1, 2, 1], num_classes=10, base_width=16)),
 }
-
-
-def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BN / GroupNorm non-trivial affine params and running stats (as the goldens do)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-            if isinstance(m, nn.BatchNorm2d):
-                assert m.running_mean is not None and m.running_var is not None
-                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return model
 
 
 @pytest.fixture

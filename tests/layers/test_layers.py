@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import randomize_norms
 from torch import Tensor, nn
 
-from cotviz.errors import CotvizError
+from cotviz.errors import InvalidArgumentError
 from cotviz.layers import (
     TAP_NAMES,
     BlurPool2d,
@@ -25,24 +26,13 @@ from cotviz.layers import (
     CoXtLayer,
     SplitAttnConv2d,
     Tap,
+    create_downsample,
     create_spatial_layer,
     list_spatial_layers,
     register_spatial_layer,
+    spatial_layer_type,
 )
 from cotviz.models import HybridRouting, create_model
-
-
-def randomize_norms(module: nn.Module, generator: torch.Generator) -> None:
-    """Give every BatchNorm / GroupNorm non-trivial affine parameters and running statistics."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                m.weight.uniform_(0.5, 1.5, generator=generator)
-                m.bias.normal_(0.0, 0.1, generator=generator)
-            if isinstance(m, nn.BatchNorm2d):
-                assert m.running_mean is not None and m.running_var is not None
-                m.running_mean.normal_(0.0, 0.1, generator=generator)
-                m.running_var.uniform_(0.5, 1.5, generator=generator)
 
 
 @contextmanager
@@ -191,7 +181,7 @@ def _bn(x: Tensor, bn: nn.BatchNorm2d) -> Tensor:
 @pytest.mark.parametrize(("stride", "groups"), [(1, 1), (2, 1), (1, 2)])
 def test_split_attn_radix1_equals_hand_computed_se(stride: int, groups: int) -> None:
     gen = torch.Generator().manual_seed(1)
-    m = SplitAttnConv2d(16, 16, 3, stride=stride, groups=groups, radix=1, act_layer=nn.SiLU).double()
+    m = SplitAttnConv2d(16, 16, 3, stride=stride, groups=groups, act_layer=nn.SiLU).double()
     randomize_norms(m, gen)
     m.eval()
     x = torch.randn(2, 16, 9, 9, generator=gen, dtype=torch.float64)
@@ -205,7 +195,7 @@ def test_split_attn_radix1_equals_hand_computed_se(stride: int, groups: int) -> 
     side = (9 - 1) // stride + 1  # 3x3, padding 1
     assert got.shape == (2, 16, side, side)
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
-    assert m.fc1.out_channels == 32  # max(16 * radix // 4, min_attn_chs=32)
+    assert m.fc1.out_channels == 32  # max(16 // 4, min_attn_chs=32)
 
 
 def test_split_attn_keys_are_the_official_ones() -> None:
@@ -254,13 +244,55 @@ def test_factory_names_and_types() -> None:
     assert isinstance(conv, ConvBnAct) and conv.conv.stride == (2, 2) and conv.conv.groups == 2
 
 
-def test_factory_unknown_name() -> None:
-    with pytest.raises((ValueError, CotvizError), match=r"unknown spatial layer 'nope'.*cot.*split_attn"):
-        create_spatial_layer("nope", 32)
+def test_factory_options_are_read_off_the_builder_signature() -> None:
+    cot = spatial_layer_type("cot")
+    assert list(cot.options) == ["kernel", "key_kernel", "share_planes"]
+    assert (cot.options["kernel"].type, cot.options["kernel"].default) == (int, 3)
+    assert cot.options["key_kernel"].optional and cot.options["key_kernel"].default is None
+    assert not cot.supports_stride and spatial_layer_type("conv").supports_stride
+    assert list(spatial_layer_type("conv").options) == ["kernel"]
+
+
+@pytest.mark.parametrize(("options", "key_shape", "maps"), [
+    (dict(kernel=5), (32, 8, 5, 5), 4 * 25),                         # window and static-context conv
+    (dict(key_kernel=1), (32, 8, 1, 1), 4 * 9),                      # static-context conv alone
+    (dict(kernel=5, key_kernel=3), (32, 8, 3, 3), 4 * 25),
+    (dict(share_planes=4), (32, 8, 3, 3), 8 * 9),                    # 32 / 4 = 8 attention maps
+])
+def test_cot_options(options: dict[str, int], key_shape: tuple[int, ...], maps: int) -> None:
+    layer = create_spatial_layer("cot", 32, **options)
+    assert isinstance(layer, CotLayer)
+    assert tuple(layer.key_embed[0].weight.shape) == key_shape  # (C, C / 4 groups, k, k)
+    assert layer.embed[3].out_channels == maps  # K*K * C/share_planes
+    out = layer.eval()(torch.randn(1, 32, 6, 6))
+    assert out.shape == (1, 32, 6, 6)
+
+
+def test_conv_and_split_attn_take_a_kernel() -> None:
+    assert create_spatial_layer("conv", 16, kernel=5).conv.kernel_size == (5, 5)
+    assert create_spatial_layer("split_attn", 16, kernel=1).conv.kernel_size == (1, 1)
+
+
+@pytest.mark.parametrize(("name", "options", "message"), [
+    ("nope", {}, r"^unknown spatial layer 'nope'; choose one of .*cot.*split_attn"),
+    ("cot", dict(kernal=5), r"^spatial layer 'cot' has no option 'kernal'; its options: kernel \(default 3\), "
+                            r"key_kernel \(optional\), share_planes \(default 8\)$"),
+    ("cot", dict(kernel=5.0), r"^option 'kernel' of spatial layer 'cot' takes an integer, got 5.0$"),
+    ("cot", dict(kernel=True), r"takes an integer, got True"),
+    ("cot", dict(kernel=4), r"^option 'kernel' of spatial layer 'cot' must be an odd integer >= 1, got 4$"),
+    ("cot", dict(key_kernel=0), r"'key_kernel' .* must be an odd integer >= 1, got 0"),
+    ("cot", dict(share_planes=3), r"'share_planes' .* must divide the 32 channels, got 3"),
+    ("conv", dict(kernel=2), r"'kernel' of spatial layer 'conv' must be an odd"),
+])
+def test_factory_errors_are_one_line_and_name_the_valid_choices(name: str, options: dict[str, object],
+                                                                message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message) as info:
+        create_spatial_layer(name, 32, **options)
+    assert "\n" not in str(info.value)
 
 
 def test_factory_refuses_stride_on_cot() -> None:
-    with pytest.raises((ValueError, CotvizError), match=r"'cot' has no stride"):
+    with pytest.raises(InvalidArgumentError, match=r"'cot' has no stride"):
         create_spatial_layer("cot", 32, stride=2)
 
 
@@ -268,3 +300,40 @@ def test_factory_refuses_duplicate_registration() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_spatial_layer("cot", supports_stride=False)(lambda channels, **kw: nn.Identity())
     assert type(create_spatial_layer("cot", 32)) is CotLayer
+
+
+def test_factory_refuses_an_option_without_type_or_default() -> None:
+    def untyped(channels: int, *, stride: int, cardinality: int, act_layer: type[nn.Module], size=3):  # type: ignore[no-untyped-def]
+        return nn.Identity()
+
+    def no_default(channels: int, *, stride: int, cardinality: int, act_layer: type[nn.Module], size: int) -> nn.Module:
+        return nn.Identity()
+
+    with pytest.raises(TypeError, match="option 'size': an option must be annotated int, float, bool or str"):
+        register_spatial_layer("untyped_test_layer", supports_stride=True)(untyped)
+    with pytest.raises(TypeError, match="'size' needs a default"):
+        register_spatial_layer("no_default_test_layer", supports_stride=True)(no_default)
+    assert not {"untyped_test_layer", "no_default_test_layer"} & set(list_spatial_layers())
+
+
+# --------------------------------------------------------------------------------------------------
+# Downsample modes
+# --------------------------------------------------------------------------------------------------
+
+
+def test_downsample_modes() -> None:
+    """"op": the operator strides if it can, else AvgPool2d(3, 2, 1) before it; "blur": BlurPool after it."""
+    strided = create_downsample("op", 16, 2, op_strides=True)
+    assert (strided.before, strided.op_stride, strided.after) == (None, 2, None)
+    pooled = create_downsample("op", 16, 2, op_strides=False)
+    assert isinstance(pooled.before, nn.AvgPool2d) and pooled.op_stride == 1 and pooled.after is None
+    assert (pooled.before.kernel_size, pooled.before.stride, pooled.before.padding) == (3, 2, 1)
+    for op_strides in (True, False):
+        blur = create_downsample("blur", 16, 2, op_strides=op_strides)
+        assert blur.before is None and blur.op_stride == 1 and isinstance(blur.after, BlurPool2d)
+        assert blur.after.channels == 16
+    for mode in ("op", "blur"):
+        plain = create_downsample(mode, 16, 1, op_strides=False)
+        assert (plain.before, plain.op_stride, plain.after) == (None, 1, None)
+    with pytest.raises(InvalidArgumentError, match="unknown downsample mode 'avg'; choose one of blur, op"):
+        create_downsample("avg", 16, 2, op_strides=True)

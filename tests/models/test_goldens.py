@@ -9,16 +9,16 @@ to float32; the reference README suggests ``atol=rtol=1e-4`` in float32 and allo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from _helpers import TINY_GOLDEN_NETS
 from torch import Tensor, nn
 
-from cotviz.layers import TAP_NAMES, CotLayer, CoXtLayer
+from cotviz.layers import TAP_NAMES, CotLayer, CoXtLayer, create_spatial_layer
 from cotviz.models import Bottleneck, CoTResNet, HybridRouting, create_model
 from cotviz.models.resnet import _downsample
 
@@ -51,13 +51,6 @@ LAYER_PROBES: dict[str, tuple[str, str]] = {
 NON_PROBE_FIELDS = {"official_class", "kwargs", "stride", "pre_pool", "state_dict", "input",
                     "max_abs_diff_fp32_vs_fp64"}
 
-TINY_NETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "tiny_cotnet_golden.pt": ("cotnet50", dict(layers=[1, 1, 1, 1], num_classes=10, base_width=16)),
-    "tiny_se_cotnetd_golden.pt": ("se_cotnetd_50", dict(
-        layers=[1, 1, 2, 1], num_classes=10, base_width=16,
-        block_args=dict(conv_dim={16, 32}, c4_dim=64, c4_idx={0}))),
-}
-
 
 @contextmanager
 def probe(model: nn.Module, probes: dict[str, tuple[str, str]]) -> Iterator[dict[str, Tensor]]:
@@ -89,9 +82,9 @@ def assert_close(got: Tensor, expected: Tensor, what: str, atol: float = ATOL, r
 
 
 @pytest.fixture(scope="module")
-def block_goldens(reference_dir: Path) -> dict[str, dict[str, Any]]:
+def block_goldens(load_reference: Callable[[str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Both block golden files: ``{file: {entry: {...}}}``."""
-    return {f: torch.load(reference_dir / f, weights_only=True) for f in BLOCK_FILES}
+    return {f: load_reference(f) for f in BLOCK_FILES}
 
 
 def _entry(goldens: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
@@ -114,7 +107,10 @@ def test_golden_files_hold_exactly_the_tested_entries(block_goldens: dict[str, d
 def test_cot_layer_golden(entry_name: str, block_goldens: dict[str, dict[str, Any]]) -> None:
     e = _entry(block_goldens, entry_name)
     cls = CoXtLayer if "CoXtLayer" in e["official_class"] else CotLayer
-    layer = cls(**e["kwargs"])
+    # through the factory's options: CotLayer(64, kernel_size=5) is create_spatial_layer("cot", 64, kernel=5)
+    layer = create_spatial_layer("cot", e["kwargs"]["dim"], kernel=e["kwargs"]["kernel_size"],
+                                 cardinality=2 if cls is CoXtLayer else 1)
+    assert type(layer) is cls
     layer.load_state_dict(e["state_dict"], strict=True)
     layer.eval()
     x = e["input"]
@@ -180,21 +176,21 @@ def test_bottleneck_golden(entry_name: str, block_goldens: dict[str, dict[str, A
 
 
 def build_tiny(golden: dict[str, Any], file: str, dtype: torch.dtype = torch.float32) -> CoTResNet:
-    name, kwargs = TINY_NETS[file]
+    name, kwargs = TINY_GOLDEN_NETS[file]
     model = create_model(name, **kwargs)
     assert isinstance(model, CoTResNet)
     model.load_state_dict(golden["state_dict"], strict=True)  # float16-exact values, copied into float32
     return model.to(dtype).eval()
 
 
-@pytest.fixture(scope="module", params=list(TINY_NETS))
-def tiny_run(request: pytest.FixtureRequest, reference_dir: Path) -> dict[str, Any]:
+@pytest.fixture(scope="module", params=list(TINY_GOLDEN_NETS))
+def tiny_run(request: pytest.FixtureRequest, load_reference: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
     """One float32 forward of a tiny network with every recorded module hooked.
 
     Returns ``{"golden", "model", "logits", "pooled", "outputs": {module path: output}}``.
     """
     file: str = request.param
-    golden = torch.load(reference_dir / file, weights_only=True)
+    golden = load_reference(file)
     model = build_tiny(golden, file)
     paths = set(golden["channel_means"]) | set(golden["feature_summary"])
     x = golden["input"]
@@ -239,9 +235,9 @@ def test_tiny_structure(tiny_run: dict[str, Any]) -> None:
     assert sum(p.numel() for p in model.parameters()) == g["num_params"]
 
 
-@pytest.mark.parametrize("file", list(TINY_NETS))
-def test_tiny_logits_float64(file: str, reference_dir: Path) -> None:
-    golden = torch.load(reference_dir / file, weights_only=True)
+@pytest.mark.parametrize("file", list(TINY_GOLDEN_NETS))
+def test_tiny_logits_float64(file: str, load_reference: Callable[[str], dict[str, Any]]) -> None:
+    golden = load_reference(file)
     model = build_tiny(golden, file, torch.float64)
     with torch.no_grad():
         logits = model(golden["input"].double())

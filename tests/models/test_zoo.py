@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 import torch
+from _helpers import OFFICIAL_VARIANTS
 from torch import nn
 
 from cotviz.errors import CotvizError, InvalidArgumentError, UnknownModelError
-from cotviz.layers import BlurPool2d, ConvBnAct, CotLayer, CoXtLayer, SplitAttnConv2d
+from cotviz.layers import BlurPool2d, ConvBnAct, CotLayer, CoXtLayer, LayerSpec, SplitAttnConv2d
 from cotviz.models import (
     Bottleneck,
     CoTResNet,
@@ -28,14 +29,11 @@ from cotviz.models import (
     create_model,
     list_models,
     model_entry,
+    register_model,
     resolve_name,
 )
+from cotviz.models.resnet import StemCfg
 
-#: The variants the official repository registers (``../shared/reference/README.md``).
-OFFICIAL_VARIANTS: tuple[str, ...] = (
-    "cotnet50", "cotnet101", "cotnext50_2x48d", "cotnext101_2x48d", "se_cotnetd_50", "se_cotnetd_101",
-    "se_cotnetd_152", "se_cotnetd_152_L", "se_cotnetd_200", "se_cotnetd_270",
-)
 #: SE-CoTNetD variants that downsample with a BlurPool AFTER the operator (official ``avd_first=False``).
 BLUR_VARIANTS: frozenset[str] = frozenset({"se_cotnetd_152", "se_cotnetd_152_L", "se_cotnetd_200", "se_cotnetd_270"})
 #: ``default_cfg`` fields of the official model files that ``PretrainedCfg`` reproduces.
@@ -231,9 +229,20 @@ def test_list_models_pattern() -> None:
     assert list_models("COTNEXT*") == list_models("cotnext*")
     assert list_models("se_cotnetd_152*") == ["se_cotnetd_152", "se_cotnetd_152_L"]
     assert list_models("no_such_model*") == []
-    everything = list_models()
-    assert len(everything) == len(set(everything))
     assert "cotnext50" in list_models("cotnext*", include_aliases=True)
+    assert "cotnext50" not in list_models("cotnext*")
+
+
+def test_a_name_that_normalises_onto_a_registered_one_is_refused() -> None:
+    """``resnet_50`` and ``resnet50`` are one lookup key: a second model under it would shadow the first."""
+
+    def resnet_50(**kwargs: Any) -> nn.Module:
+        raise AssertionError("never built")
+
+    with pytest.raises(ValueError, match=r"'resnet_50' is already registered \(by 'resnet50'\)"):
+        register_model()(resnet_50)
+    assert resolve_name("resnet_50") == "resnet50"
+    assert "resnet_50" not in list_models()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,12 +339,10 @@ def test_seeding_is_deterministic_and_isolated(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["cotnet50", "cotnext50", "se_cotnetd_152"])
 def test_meta_build_initialises_like_a_direct_build(name: str) -> None:
-    """create_model builds on meta with the default initialisers switched off, then allocates and runs
-    init_weights once: the result must equal building on the CPU (default init) and re-initialising."""
+    """create_model builds on meta, then allocates and runs init_weights once: the result must equal building
+    on the CPU (default init) and re-initialising (a module init_weights misses would keep uninitialised memory)."""
     kwargs = dict(num_classes=SMALL_CLASSES, **small_kwargs(name))
-    init_fns = {n: getattr(nn.init, n) for n in ("kaiming_uniform_", "uniform_", "normal_", "ones_", "zeros_")}
     fast = create_model(name, seed=3, **kwargs)
-    assert {n: getattr(nn.init, n) for n in init_fns} == init_fns, "torch.nn.init was not restored"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
         direct = model_entry(name).builder(**kwargs)
@@ -347,15 +354,6 @@ def test_meta_build_initialises_like_a_direct_build(name: str) -> None:
         assert a[k].device.type == "cpu" and a[k].dtype == b[k].dtype
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in fast.parameters())
-
-
-def test_failed_meta_build_restores_torch_init() -> None:
-    before = nn.init.kaiming_uniform_
-    with pytest.raises(InvalidArgumentError):
-        create_model("cotnet50", no_such_argument=1)
-    assert nn.init.kaiming_uniform_ is before
-    layer = nn.Conv2d(2, 2, 1)  # default init works again (not left at the build-time no-op)
-    assert layer.weight.abs().sum() > 0
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -403,6 +401,36 @@ def test_spatial_layer_conv_matches_resnet50_layout() -> None:
         _meta_model("resnet50"))
     params = sum(p.numel() for p in _meta_model("resnet50").parameters())
     assert params == 25_557_032  # torchvision / timm resnet50 parameter count
+
+
+@pytest.mark.parametrize("spatial_layer", ["cot:kernel=5", LayerSpec.of("cot", kernel=5)])
+def test_spatial_layer_options_reach_every_block(spatial_layer: str | LayerSpec) -> None:
+    model = _meta_model("cotnet50", spatial_layer=spatial_layer, layers=[1, 1, 1, 1], base_width=16)
+    cots = [b.conv2 for b in model.modules() if isinstance(b, Bottleneck)]
+    assert all(type(c) is CotLayer and c.kernel_size == 5 for c in cots)
+    assert [tuple(c.key_embed[0].weight.shape) for c in cots] == [(w, w // 4, 5, 5) for w in (16, 32, 64, 128)]
+    assert model.describe() == {f"layer{i}": ["cot:kernel=5"] for i in range(1, 5)}
+
+
+def test_deep_stem_widths() -> None:
+    """Official ``stem_type``: deep = (w, w, 2w), deep_tiered = (3 (w // 4), w, 2w), "" = one 7x7 conv to 64."""
+    assert StemCfg.from_type("", 32) == StemCfg(7, (64,))
+    assert StemCfg.from_type("deep", 32) == StemCfg(3, (32, 32, 64))
+    assert StemCfg.from_type("deep_tiered", 32) == StemCfg(3, (24, 32, 64))
+    model = _meta_model("se_cotnetd_50", stem_type="deep_tiered")
+    layout = {k: shape for k, shape, _ in _state_dict_layout(model) if k.startswith("conv1.")}
+    assert {k: v for k, v in layout.items() if k.endswith("weight")} == {
+        "conv1.0.weight": [24, 3, 3, 3], "conv1.1.weight": [24], "conv1.3.weight": [32, 24, 3, 3],
+        "conv1.4.weight": [32], "conv1.6.weight": [64, 32, 3, 3]}
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    (dict(stem_type="tiered"), r"stem_type must be one of '', 'deep', 'deep_tiered', got 'tiered'"),
+    (dict(downsample_mode="pool"), r"unknown downsample mode 'pool'; choose one of blur, op"),
+])
+def test_unknown_skeleton_values_name_the_valid_ones(override: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        create_model("cotnet50", layers=[1, 1, 1, 1], base_width=16, **override)
 
 
 def test_unknown_spatial_layer_is_a_clear_error() -> None:
