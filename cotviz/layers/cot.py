@@ -106,10 +106,11 @@ class CotLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         g, kk = self.cardinality, self.kernel_size * self.kernel_size
+        maps = self.dim // self.share_planes // g  # attention maps per group, C/(8g); explicit so B = 0 works
         k = self.static_context(self.key_embed(x))  # (B, C, H, W)
         attn = self.embed(self._query_key(x, k))  # (B, KK*C/8, H, W)
         # (B*g, 1, C/(8g), KK, H, W): group j of sample i sits at batch index i*g + j
-        attn = self.attention(attn.view(b * g, 1, -1, kk, h, w))
+        attn = self.attention(attn.view(b * g, 1, maps, kk, h, w))
         v = self.conv1x1(x).view(b * g, c // g, h, w)  # (B*g, C/g, H, W)
         v = self.local_conv(v, attn).view(b, c, h, w)  # (B, C, H, W)
         v = self.dynamic_context(self.act(self.bn(v)))  # (B, C, H, W)

@@ -1,5 +1,10 @@
-"""Tensor operators of CoTNet that PyTorch does not ship: the local k x k aggregation."""
+"""Tensor operators of CoTNet that PyTorch does not ship: the local k x k aggregation.
 
+Importing this package registers ``torch.ops.cotviz.local_aggregation`` and its two backward
+operators (:mod:`cotviz.ops._library`).
+"""
+
+from cotviz.ops import _library  # noqa: F401  (registers the torch.ops.cotviz operators)
 from cotviz.ops.aggregation import (
     AggregationShapeError,
     local_aggregation,

@@ -8,43 +8,57 @@ Semantics (official kernel index arithmetic, see ``../shared/reference/README.md
 with zero padding. ``x``: (B, C, H, W); ``weight``: (B, heads, Cw, K*K, Ho, Wo) with ``C % Cw == 0``;
 output: (B, heads*C, Ho, Wo). Channel ``c`` uses weight map ``c % Cw`` (interleaved, not blocked).
 
-Two implementations:
+Three formulations of the same sum:
 
 - :func:`local_aggregation_reference` unfolds the input (K*K times its size); the tests' ground truth.
-- :func:`local_aggregation` never materialises the unfolded tensor (its temporaries are at most one
-  copy of the input / weight / output, in another memory layout). For each of the K*K taps it computes the rectangle of output pixels whose tap falls inside the image and accumulates
-  ``out[rect] += w_k[rect] * x[shifted rect]`` in place, where every operand is a strided *view*
-  (zero padding is implicit: out-of-image taps are simply skipped, no padded copy is made). The
-  input is viewed as (B, 1, C/Cw, Cw, H, W) and the weight as (B, heads, 1, Cw, Ho, Wo), so one weight
-  map broadcasts over its C/Cw channels without a repeat. The centre tap covers the whole output for
-  "same" padding and initialises it (no zero fill). The explicit backward (``torch.autograd.Function``)
-  walks the same rectangles: ``grad_x`` by shifted accumulation, ``grad_w`` by per-tap products summed
-  over the C/Cw channel groups. First-order only (``once_differentiable``).
+- The fast kernels (``_aggregation_kernel``, ``_grad_input_kernel``, ``_grad_weight_kernel``) never
+  materialise the unfolded tensor (their temporaries are at most one copy of the input / weight /
+  output, in another memory layout). For each of the K*K taps they compute the rectangle of output
+  pixels whose tap falls inside the image and accumulate ``out[rect] += w_k[rect] * x[shifted rect]``
+  in place, where every operand is a strided *view* (zero padding is implicit: out-of-image taps are
+  simply skipped, no padded copy is made). The input is viewed as (B, 1, C/Cw, Cw, H, W) and the weight
+  as (B, heads, 1, Cw, Ho, Wo), so one weight map broadcasts over its C/Cw channels without a repeat.
+  The centre tap covers the whole output for "same" padding and initialises it (no zero fill).
+  ``grad_x`` is a shifted accumulation over the same rectangles, ``grad_w`` per-tap products summed
+  over the C/Cw channel groups. They run only inside the registered operators of
+  :mod:`cotviz.ops._library` (``torch.ops.cotviz.local_aggregation`` and its two backward operators),
+  so no tracer (torch.compile, torch.export, fx, jit.trace) ever sees their in-place ``out=`` views.
+- ``_aggregation_plain``: pad once, then K*K strided slices, multiplies and adds in plain
+  differentiable torch ops -- what the ONNX exporters record (a compact graph, no ``out=``).
+
+:func:`local_aggregation` is the entry point: it calls the registered operator, whose autograd
+formula is again made of the registered operators (the backward is bilinear: every derivative of
+the aggregation is an aggregation, a ``grad_x`` or a ``grad_w``), so gradients of every order are
+exact, and ``torch.func`` (grad, vmap, jacrev) works through its batching rules.
 
 Measured choices (``benchmarks/bench_aggregation.py``): a padded "wide" layout with flat contiguous
 shifts was tried and lost (it needs a tap-major copy of the weight); for small maps (Ho*Wo <=
 ``_CHANNELS_LAST_MAX_PIXELS``) the rows are too short to stream, so the work is done channels-last
 (inner loop over Cw instead of Wo) at the price of transposing copies; channels-last inputs are
 always processed channels-last and give a channels-last output. Plain tensor ops only, so the same
-code runs on CUDA (and meta) tensors. float16 / bfloat16 accumulate in float32 and round once.
+code runs on CUDA tensors (the meta device and tracers use the shape-only "fake" implementation).
+float16 / bfloat16 accumulate in float32 and round once.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
 
 from cotviz.errors import CotvizError
 
 __all__ = [
     "AggregationShapeError",
+    "check_aggregation",
+    "check_geometry",
+    "check_grad_input",
+    "check_grad_weight",
+    "default_padding",
     "local_aggregation",
     "local_aggregation_reference",
     "output_size",
@@ -141,51 +155,145 @@ def _taps(geo: _Geometry) -> tuple[_Tap, ...]:
     return tuple(taps)
 
 
-def _check(
-    x: Tensor, weight: Tensor, kernel_size: int, stride: int, padding: int | None, dilation: int
-) -> _Geometry:
-    """Validate the arguments and return the call geometry (raises :class:`AggregationShapeError`)."""
-    if kernel_size < 1 or stride < 1 or dilation < 1 or (padding is not None and padding < 0):
+#: A size: a Python int in eager mode, a ``torch.SymInt`` while tracing with dynamic shapes (typed as
+#: ``int``, as ``torch.Size`` is).
+Size = int
+
+
+def default_padding(kernel_size: int, dilation: int, padding: int | None) -> int:
+    """``padding``, or ``dilation*(K-1)//2`` ("same" for stride 1 and odd K) when it is ``None``."""
+    return dilation * (kernel_size - 1) // 2 if padding is None else padding
+
+
+def _require(ok: bool | torch.SymBool, message: Callable[[], str]) -> None:
+    """Raise :class:`AggregationShapeError` unless ``ok``.
+
+    A symbolic condition (a tracer's dynamic size) becomes ``torch._check``: the tracer records it
+    as a guard or a run-time assertion instead of branching on it.
+    """
+    if isinstance(ok, torch.SymBool):
+        torch._check(ok, message)
+    elif not ok:
+        raise AggregationShapeError(message())
+
+
+def check_geometry(kernel_size: int, stride: int, padding: int, dilation: int) -> None:
+    """Validate the convolution-like arguments (raises :class:`AggregationShapeError`)."""
+    if kernel_size < 1 or stride < 1 or dilation < 1 or padding < 0:
         raise AggregationShapeError(
             f"local aggregation needs kernel_size, stride, dilation >= 1 and padding >= 0, got "
             f"kernel_size={kernel_size}, stride={stride}, padding={padding}, dilation={dilation}"
         )
-    pad = dilation * (kernel_size - 1) // 2 if padding is None else padding
-    if x.dim() != 4:
-        raise AggregationShapeError(f"local aggregation input must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
-    if weight.dim() != 6:
+
+
+def _check_sizes(
+    x_shape: Sequence[Size], w_shape: Sequence[Size], kernel_size: int, stride: int, padding: int, dilation: int
+) -> tuple[Size, Size]:
+    """Validate x (B, C, H, W) against weight (B, heads, Cw, K*K, Ho, Wo); returns (Ho, Wo)."""
+    check_geometry(kernel_size, stride, padding, dilation)
+    if len(x_shape) != 4:
+        raise AggregationShapeError(f"local aggregation input must be 4-D (B, C, H, W), got shape {tuple(x_shape)}")
+    if len(w_shape) != 6:
         raise AggregationShapeError(
-            f"local aggregation weight must be 6-D (B, heads, Cw, K*K, Ho, Wo), got shape {tuple(weight.shape)}"
+            f"local aggregation weight must be 6-D (B, heads, Cw, K*K, Ho, Wo), got shape {tuple(w_shape)}"
         )
-    b, c, h, w = x.shape
-    wb, heads, cw, kk, ho, wo = weight.shape
-    exp_h = output_size(h, kernel_size, stride, pad, dilation)
-    exp_w = output_size(w, kernel_size, stride, pad, dilation)
-    if exp_h < 1 or exp_w < 1:
-        raise AggregationShapeError(
-            f"input {h}x{w} is too small for kernel_size={kernel_size}, dilation={dilation}, padding={pad}; "
-            "increase the padding or the input size"
-        )
-    if wb != b:
-        raise AggregationShapeError(f"weight batch {wb} does not match input batch {b}")
-    if cw < 1 or c % cw != 0:
-        raise AggregationShapeError(f"input channels {c} must be a multiple of the weight's Cw={cw} (weight dim 2)")
-    if kk != kernel_size * kernel_size:
-        raise AggregationShapeError(
-            f"weight dim 3 is {kk}, expected kernel_size**2 = {kernel_size * kernel_size} for kernel_size={kernel_size}"
-        )
-    if (ho, wo) != (exp_h, exp_w):
-        raise AggregationShapeError(
+    b, c, h, w = x_shape
+    wb, _, cw, kk, ho, wo = w_shape
+    exp_h = output_size(h, kernel_size, stride, padding, dilation)
+    exp_w = output_size(w, kernel_size, stride, padding, dilation)
+    for exp in (exp_h, exp_w):
+        _require(exp >= 1, lambda: (
+            f"input {h}x{w} is too small for kernel_size={kernel_size}, dilation={dilation}, padding={padding}; "
+            "increase the padding or the input size"))
+    _require(wb == b, lambda: f"weight batch {wb} does not match input batch {b}")
+    _require(cw >= 1, lambda: f"input channels {c} must be a multiple of the weight's Cw={cw} (weight dim 2)")
+    _require(c % cw == 0, lambda: f"input channels {c} must be a multiple of the weight's Cw={cw} (weight dim 2)")
+    _require(kk == kernel_size * kernel_size, lambda: (
+        f"weight dim 3 is {kk}, expected kernel_size**2 = {kernel_size * kernel_size} for kernel_size={kernel_size}"))
+    for got, exp in ((ho, exp_h), (wo, exp_w)):
+        _require(got == exp, lambda: (
             f"weight spatial size {ho}x{wo} does not match the output size {exp_h}x{exp_w} of a {h}x{w} input "
-            f"(kernel_size={kernel_size}, stride={stride}, padding={pad}, dilation={dilation})"
-        )
-    if not (x.is_floating_point() and x.dtype == weight.dtype and x.device == weight.device):
+            f"(kernel_size={kernel_size}, stride={stride}, padding={padding}, dilation={dilation})"))
+    return exp_h, exp_w
+
+
+def _check_pair(a: Tensor, b: Tensor, names: str) -> None:
+    """Both tensors share one floating dtype and one device."""
+    if not (a.is_floating_point() and a.dtype == b.dtype and a.device == b.device):
         raise AggregationShapeError(
-            f"input and weight must share one floating dtype and device, got {x.dtype} on {x.device} and "
-            f"{weight.dtype} on {weight.device}"
+            f"{names} must share one floating dtype and device, got {a.dtype} on {a.device} and "
+            f"{b.dtype} on {b.device}"
         )
-    channels_last = _is_channels_last(x) or exp_h * exp_w <= _CHANNELS_LAST_MAX_PIXELS
-    return _Geometry(b, c, h, w, heads, cw, kernel_size, stride, pad, dilation, exp_h, exp_w, channels_last)
+
+
+def check_aggregation(
+    x: Tensor, weight: Tensor, kernel_size: int, stride: int, padding: int, dilation: int
+) -> tuple[Size, Size]:
+    """Validate the arguments of the aggregation; returns (Ho, Wo) (raises :class:`AggregationShapeError`).
+
+    Works on real, meta and fake (traced, possibly symbolic-size) tensors.
+    """
+    ho_wo = _check_sizes(x.shape, weight.shape, kernel_size, stride, padding, dilation)
+    _check_pair(x, weight, "input and weight")
+    return ho_wo
+
+
+def _check_grad(grad: Tensor, expected: Sequence[Size]) -> None:
+    """The incoming gradient has the aggregation's output shape (B, heads*C, Ho, Wo)."""
+    if grad.dim() != 4:
+        raise AggregationShapeError(f"local aggregation gradient must be 4-D, got shape {tuple(grad.shape)}")
+    for got, exp in zip(grad.shape, expected, strict=True):
+        _require(got == exp, lambda: (
+            f"gradient shape {tuple(grad.shape)} does not match the aggregation output shape {tuple(expected)}"))
+
+
+def check_grad_input(
+    grad: Tensor, weight: Tensor, height: Size, width: Size, kernel_size: int, stride: int, padding: int,
+    dilation: int,
+) -> tuple[Size, Size, Size, Size]:
+    """Validate the arguments of ``grad_x``; returns the input shape (B, C, H, W)."""
+    if grad.dim() != 4 or weight.dim() != 6:
+        raise AggregationShapeError(f"grad_x needs a 4-D gradient and a 6-D weight, got shapes "
+                                    f"{tuple(grad.shape)} and {tuple(weight.shape)}")
+    heads = weight.shape[1]
+    _require(heads >= 1, lambda: f"weight dim 1 (heads) must be >= 1, got {heads}")
+    _require(grad.shape[1] % heads == 0, lambda: (
+        f"gradient channels {grad.shape[1]} must be a multiple of the weight's heads={heads}"))
+    x_shape = (grad.shape[0], grad.shape[1] // heads, height, width)
+    ho, wo = _check_sizes(x_shape, weight.shape, kernel_size, stride, padding, dilation)
+    _check_grad(grad, (x_shape[0], grad.shape[1], ho, wo))
+    _check_pair(grad, weight, "gradient and weight")
+    return x_shape
+
+
+def check_grad_weight(
+    grad: Tensor, x: Tensor, cw: Size, kernel_size: int, stride: int, padding: int, dilation: int
+) -> tuple[Size, ...]:
+    """Validate the arguments of ``grad_w``; returns the weight shape (B, heads, Cw, K*K, Ho, Wo)."""
+    if grad.dim() != 4 or x.dim() != 4:
+        raise AggregationShapeError(f"grad_w needs a 4-D gradient and a 4-D input, got shapes "
+                                    f"{tuple(grad.shape)} and {tuple(x.shape)}")
+    b, c, h, w = x.shape
+    _require(c >= 1, lambda: f"input channels must be >= 1, got {c}")
+    _require(grad.shape[1] % c == 0, lambda: (
+        f"gradient channels {grad.shape[1]} must be a multiple of the input channels {c}"))
+    ho = output_size(h, kernel_size, stride, padding, dilation)
+    wo = output_size(w, kernel_size, stride, padding, dilation)
+    w_shape = (b, grad.shape[1] // c, cw, kernel_size * kernel_size, ho, wo)
+    _check_sizes(x.shape, w_shape, kernel_size, stride, padding, dilation)
+    _check_grad(grad, (b, grad.shape[1], ho, wo))
+    _check_pair(grad, x, "gradient and input")
+    return w_shape
+
+
+def _geometry(batch: int, channels: int, height: int, width: int, heads: int, cw: int, kernel_size: int,
+              stride: int, padding: int, dilation: int, channels_last_input: bool) -> _Geometry:
+    """Geometry of one kernel call (concrete sizes; the working layout chosen from the map size)."""
+    out_h = output_size(height, kernel_size, stride, padding, dilation)
+    out_w = output_size(width, kernel_size, stride, padding, dilation)
+    channels_last = channels_last_input or out_h * out_w <= _CHANNELS_LAST_MAX_PIXELS
+    return _Geometry(batch, channels, height, width, heads, cw, kernel_size, stride, padding, dilation,
+                     out_h, out_w, channels_last)
 
 
 def _is_channels_last(t: Tensor) -> bool:
@@ -207,10 +315,11 @@ def local_aggregation_reference(
     Returns:
         (B, heads*C, Ho, Wo).
     """
-    geo = _check(x, weight, kernel_size, stride, padding, dilation)
-    b, c, heads, cw = geo.batch, geo.channels, geo.heads, geo.cw
-    kk, ho, wo = kernel_size * kernel_size, geo.out_h, geo.out_w
-    cols = F.unfold(x, kernel_size, dilation=dilation, padding=geo.padding, stride=stride)  # (B, C*KK, Ho*Wo)
+    pad = default_padding(kernel_size, dilation, padding)
+    ho, wo = check_aggregation(x, weight, kernel_size, stride, pad, dilation)
+    b, c, heads, cw = x.shape[0], x.shape[1], weight.shape[1], weight.shape[2]
+    kk = kernel_size * kernel_size
+    cols = F.unfold(x, kernel_size, dilation=dilation, padding=pad, stride=stride)  # (B, C*KK, Ho*Wo)
     cols = cols.view(b, 1, c // cw, cw, kk, ho, wo)  # channel c = g*Cw + (c % Cw)
     wts = weight.reshape(b, heads, 1, cw, kk, ho, wo)  # broadcast over the C/Cw groups
     out = (cols * wts).sum(dim=4)  # (B, heads, C/Cw, Cw, Ho, Wo)
@@ -315,12 +424,11 @@ def _forward(xv: Tensor, wv: Tensor, geo: _Geometry) -> Tensor:
     return out
 
 
-def _aggregate(x: Tensor, weight: Tensor, geo: _Geometry) -> tuple[Tensor, Tensor, Tensor]:
-    """Output (B, heads*C, Ho, Wo) in ``x``'s dtype and memory format, plus the working views."""
-    xv, wv = _working_views(x, weight, geo)
-    out = _forward(xv, wv, geo)  # (B, heads, C/Cw, Cw, Ho, Wo)
+def _aggregate(x: Tensor, weight: Tensor, geo: _Geometry) -> Tensor:
+    """Output (B, heads*C, Ho, Wo) in ``x``'s dtype and memory format."""
+    out = _forward(*_working_views(x, weight, geo), geo)  # (B, heads, C/Cw, Cw, Ho, Wo)
     shape = (geo.batch, geo.heads * geo.channels, geo.out_h, geo.out_w)
-    return _result(out, shape, x.dtype, _is_channels_last(x)), xv, wv
+    return _result(out, shape, x.dtype, _is_channels_last(x))
 
 
 def _grad_output_view(grad: Tensor, geo: _Geometry) -> Tensor:
@@ -390,41 +498,123 @@ def _grad_weight(go: Tensor, xv: Tensor, geo: _Geometry, taps: Sequence[_Tap]) -
     return gw
 
 
-class _LocalAggregation(torch.autograd.Function):
-    """Autograd wrapper: fast forward, explicit equally fast backward (first order only).
+# ---------------------------------------------------------------------------------------------------
+# Kernels of the registered operators (cotviz.ops._library): real tensors, concrete sizes, any device.
 
-    Saves the working-layout views of x and weight (the inputs themselves for channels-first; the
-    channels-last copies otherwise, so the backward does not transpose them again).
+
+def _aggregation_kernel(
+    x: Tensor, weight: Tensor, kernel_size: int, stride: int, padding: int, dilation: int
+) -> Tensor:
+    """Fast forward: x (B, C, H, W), weight (B, heads, Cw, K*K, Ho, Wo) -> (B, heads*C, Ho, Wo)."""
+    check_aggregation(x, weight, kernel_size, stride, padding, dilation)
+    b, c, h, w = x.shape
+    geo = _geometry(b, c, h, w, weight.shape[1], weight.shape[2], kernel_size, stride, padding, dilation,
+                    _is_channels_last(x))
+    return _aggregate(x, weight, geo)
+
+
+def _grad_input_kernel(
+    grad: Tensor, weight: Tensor, height: int, width: int, kernel_size: int, stride: int, padding: int,
+    dilation: int,
+) -> Tensor:
+    """``grad_x``: grad (B, heads*C, Ho, Wo), weight (B, heads, Cw, K*K, Ho, Wo) -> (B, C, H, W).
+
+    Contiguous or channels-last like ``grad``, in ``grad``'s dtype.
     """
+    b, c, h, w = check_grad_input(grad, weight, height, width, kernel_size, stride, padding, dilation)
+    grad_cl = _is_channels_last(grad)
+    geo = _geometry(b, c, h, w, weight.shape[1], weight.shape[2], kernel_size, stride, padding, dilation, grad_cl)
+    go = _grad_output_view(grad, geo)  # (B, heads, C/Cw, Cw, Ho, Wo)
+    gx = _grad_input(go, _weight_view(weight, geo), geo, _taps(geo))  # (B, C/Cw, Cw, H, W)
+    return _result(gx, (b, c, h, w), grad.dtype, grad_cl)
 
-    @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, geo: _Geometry) -> Tensor:  # type: ignore[override]
-        out, xv, wv = _aggregate(x, weight, geo)
-        ctx.save_for_backward(xv, wv)
-        ctx.geo = geo  # type: ignore[attr-defined]
-        ctx.x_meta = (tuple(x.shape), x.dtype, _is_channels_last(x))  # type: ignore[attr-defined]
-        ctx.w_meta = (tuple(weight.shape), weight.dtype)  # type: ignore[attr-defined]
-        return out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
-        xv, wv = ctx.saved_tensors
-        geo: _Geometry = ctx.geo
-        go = _grad_output_view(grad, geo)  # (B, heads, C/Cw, Cw, Ho, Wo)
-        taps = _taps(geo)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _result(_grad_input(go, wv, geo, taps), *ctx.x_meta)  # (B, C, H, W)
-        if ctx.needs_input_grad[1]:
-            grad_w = _result(_grad_weight(go, xv, geo, taps), *ctx.w_meta)  # (B, heads, Cw, KK, Ho, Wo)
-        return grad_x, grad_w, None
+def _grad_weight_kernel(
+    grad: Tensor, x: Tensor, cw: int, kernel_size: int, stride: int, padding: int, dilation: int
+) -> Tensor:
+    """``grad_w``: grad (B, heads*C, Ho, Wo), x (B, C, H, W) -> (B, heads, Cw, K*K, Ho, Wo), contiguous."""
+    shape = check_grad_weight(grad, x, cw, kernel_size, stride, padding, dilation)
+    b, c, h, w = x.shape
+    geo = _geometry(b, c, h, w, shape[1], cw, kernel_size, stride, padding, dilation, _is_channels_last(x))
+    go = _grad_output_view(grad, geo)  # (B, heads, C/Cw, Cw, Ho, Wo)
+    gw = _grad_weight(go, _input_view(x, geo), geo, _taps(geo))  # (B, heads, Cw, KK, Ho, Wo)
+    return _result(gw, tuple(shape), grad.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def _aggregation_plain(
+    x: Tensor, weight: Tensor, kernel_size: int, stride: int, padding: int, dilation: int
+) -> Tensor:
+    """The aggregation in plain differentiable torch ops: what the ONNX exporters record, and what
+    runs under forward-mode AD and torch.func's grad transforms (every aten op has their rules).
+
+    One zero pad, then per tap a strided slice of the padded input (rows sliced once per kernel row),
+    one slice of the weight, a multiply and an add: about 5*K*K + 5 ONNX nodes per layer, no ``out=``
+    and no K*K-sized temporary. Sizes come from the tensors, so a dynamic batch (and, for the dynamo
+    exporter, dynamic H and W) stays dynamic.
+
+    Args: as :func:`local_aggregation` (``padding`` resolved). Returns (B, heads*C, Ho, Wo).
+    """
+    dtype = x.dtype
+    acc = _acc_dtype(dtype)
+    cw = weight.shape[2]
+    xp = F.pad(x.to(acc), (padding, padding, padding, padding))  # (B, C, Hp, Wp) = (B, C, H + 2p, W + 2p)
+    xp = xp.unflatten(1, (x.shape[1] // cw, cw)).unsqueeze(1)  # (B, 1, C/Cw, Cw, Hp, Wp)
+    wv = weight.to(acc).unsqueeze(2)  # (B, heads, 1, Cw, KK, Ho, Wo)
+    k, s, d = kernel_size, stride, dilation
+    out: Tensor | None = None
+    for kh in range(k):
+        # padded rows kh*d + s*o, o < Ho: [kh*d, Hp - (K-1-kh)*d) in steps of s holds exactly Ho of them,
+        # and a constant (negative) end needs no size arithmetic in the exported graph
+        rows = xp[..., kh * d : -(k - 1 - kh) * d or None : s, :]  # (B, 1, C/Cw, Cw, Ho, Wp)
+        for kw in range(k):
+            tap = rows[..., kw * d : -(k - 1 - kw) * d or None : s]  # (B, 1, C/Cw, Cw, Ho, Wo)
+            term = tap * wv[:, :, :, :, kh * k + kw]  # (B, heads, C/Cw, Cw, Ho, Wo)
+            out = term if out is None else out + term
+    assert out is not None  # k >= 1
+    return out.flatten(1, 3).to(dtype)  # (B, heads*C, Ho, Wo)
+
+
+def _grad_input_plain(
+    grad: Tensor, weight: Tensor, height: int, width: int, kernel_size: int, stride: int, padding: int,
+    dilation: int,
+) -> Tensor:
+    """``grad_x`` in plain differentiable torch ops (per-tap products, then ``F.fold``), for forward-mode AD
+    and torch.func; same arguments and result as ``_grad_input_kernel``."""
+    b, c, h, w = check_grad_input(grad, weight, height, width, kernel_size, stride, padding, dilation)
+    heads, cw, kk, ho, wo = weight.shape[1:]
+    acc = _acc_dtype(grad.dtype)
+    go = grad.to(acc).unflatten(1, (heads, c // cw, cw)).unsqueeze(4)  # (B, heads, C/Cw, Cw, 1, Ho, Wo)
+    cols = (go * weight.to(acc).unsqueeze(2)).sum(1)  # (B, C/Cw, Cw, KK, Ho, Wo)
+    gx = F.fold(cols.reshape(b, c * kk, ho * wo), (h, w), kernel_size, dilation=dilation, padding=padding,
+                stride=stride)  # (B, C, H, W)
+    return gx.to(grad.dtype)
+
+
+def _grad_weight_plain(
+    grad: Tensor, x: Tensor, cw: int, kernel_size: int, stride: int, padding: int, dilation: int
+) -> Tensor:
+    """``grad_w`` in plain differentiable torch ops (``F.unfold``, product, group sum), for forward-mode AD
+    and torch.func; same arguments and result as ``_grad_weight_kernel``."""
+    b, heads, _, kk, ho, wo = check_grad_weight(grad, x, cw, kernel_size, stride, padding, dilation)
+    acc = _acc_dtype(grad.dtype)
+    groups = x.shape[1] // cw
+    cols = F.unfold(x.to(acc), kernel_size, dilation=dilation, padding=padding, stride=stride)  # (B, C*KK, Ho*Wo)
+    cols = cols.view(b, 1, groups, cw, kk, ho, wo)  # (B, 1, C/Cw, Cw, KK, Ho, Wo)
+    go = grad.to(acc).view(b, heads, groups, cw, 1, ho, wo)  # (B, heads, C/Cw, Cw, 1, Ho, Wo)
+    return (cols * go).sum(2).to(grad.dtype)  # (B, heads, Cw, KK, Ho, Wo)
 
 
 def local_aggregation(
     x: Tensor, weight: Tensor, kernel_size: int, stride: int = 1, padding: int | None = None, dilation: int = 1
 ) -> Tensor:
     """Local k x k aggregation without unfolding (same result as :func:`local_aggregation_reference`).
+
+    Calls the registered operator ``torch.ops.cotviz.local_aggregation`` (one opaque node for
+    torch.compile, torch.export and fx; counted by ``FlopCounterMode``); during an ONNX export it
+    records the plain-op formulation instead, which every ONNX runtime executes.
 
     Args:
         x: (B, C, H, W) input, contiguous or channels-last.
@@ -435,13 +625,17 @@ def local_aggregation(
 
     Returns:
         (B, heads*C, Ho, Wo) in the dtype and memory format (contiguous / channels-last) of ``x``.
-        Differentiable w.r.t. ``x`` and ``weight`` (first order; double backward is not supported).
+        Differentiable w.r.t. ``x`` and ``weight`` to any order (double backward, Hessian-vector
+        products), also under ``torch.func.grad`` / ``vmap`` / ``jacrev``.
 
     Raises:
         AggregationShapeError: (also a ``ValueError``) if shapes, dtypes or geometry do not fit.
     """
-    geo = _check(x, weight, kernel_size, stride, padding, dilation)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        out: Tensor = _LocalAggregation.apply(x, weight, geo)
-        return out
-    return _aggregate(x, weight, geo)[0]
+    pad = default_padding(kernel_size, dilation, padding)
+    check_geometry(kernel_size, stride, pad, dilation)
+    if torch.onnx.is_in_onnx_export():
+        if not torch.jit.is_tracing():  # the legacy exporter's tracer would record the checks' size reads
+            check_aggregation(x, weight, kernel_size, stride, pad, dilation)
+        return _aggregation_plain(x, weight, kernel_size, stride, pad, dilation)
+    out: Tensor = torch.ops.cotviz.local_aggregation.default(x, weight, kernel_size, stride, pad, dilation)
+    return out
