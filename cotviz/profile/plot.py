@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cotviz.errors import OutputError
-from cotviz.io.outputs import FigureFormat, save_figure
+from cotviz.formats import FigureFormat
+from cotviz.io.outputs import save_figure
 from cotviz.profile.api import AccuracyPoint, accuracy_point
 
 if TYPE_CHECKING:
