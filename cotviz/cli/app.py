@@ -8,6 +8,7 @@ import typer
 
 from cotviz._version import __version__
 from cotviz.cli import attention as attention_cmd
+from cotviz.cli import compare as compare_cmd
 from cotviz.cli import models as models_cmd
 from cotviz.cli import profile as profile_cmd
 from cotviz.cli._common import DEBUG, FLAG, defer_gc
@@ -40,6 +41,7 @@ def _root(
 app.command("models")(models_cmd.models)
 app.command("profile")(profile_cmd.profile)
 app.command("attention")(attention_cmd.attention)
+app.command("compare")(compare_cmd.compare)
 
 
 def main() -> None:

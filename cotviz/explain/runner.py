@@ -100,7 +100,7 @@ class Explainer:
     Args:
         model: a cotviz network (used as is, on its device unless ``device`` is given), or a registered name:
             then it is built like the CLI builds it (``weights`` loaded safely, or the untrained demo network
-            with an :class:`UntrainedModelWarning`).
+            with an :class:`UntrainedModelWarning`), or a :class:`cotviz.models.untrained.LoadedModel`.
         stage, blocks, head, maps, point: what to compute (see :func:`cotviz.explain.selection.select`).
         gradcam, target: Grad-CAM of ``target`` (default: the predicted class); a target implies Grad-CAM.
         preprocess: how images become model inputs: a :class:`cotviz.io.PreprocessConfig`, or overrides of the
@@ -111,7 +111,7 @@ class Explainer:
             memory than the device has available (:func:`cotviz.profile.estimate_forward_memory`).
     """
 
-    def __init__(self, model: nn.Module | str, *, stage: int = 3, blocks: Iterable[int] | None = None,
+    def __init__(self, model: nn.Module | str | LoadedModel, *, stage: int = 3, blocks: Iterable[int] | None = None,
                  head: int | None = None, maps: Iterable[str] | None = None, point: Any = None,
                  gradcam: bool = False, target: int | None = None,
                  preprocess: PreprocessConfig | Mapping[str, Any] | None = None,
@@ -133,8 +133,9 @@ class Explainer:
             if weights is not None or num_classes is not None:
                 raise InvalidArgumentError("weights= and num_classes= apply to a model name; load the checkpoint "
                                            "into your network yourself (cotviz.load_checkpoint)")
-            net = model
-            name = str(getattr(model, "model_name", None) or type(model).__name__)
+            net = model.model if isinstance(model, LoadedModel) else model
+            name = model.name if isinstance(model, LoadedModel) else \
+                str(getattr(model, "model_name", None) or type(model).__name__)
         self.selection: Selection = select(net, stage=stage, blocks=blocks, head=head, maps=maps, point=point,
                                            model_name=name)
         classes = int(getattr(net, "num_classes", 0) or 0)
@@ -150,6 +151,8 @@ class Explainer:
             self.loaded: LoadedModel = finish_model(net, name, weights)
             if self.loaded.untrained:
                 warnings.warn(untrained_message(name), UntrainedModelWarning, stacklevel=2)
+        elif isinstance(model, LoadedModel):
+            self.loaded = model  # built by cotviz.models.untrained: it knows how its weights came about
         else:
             self.loaded = describe_model(net)
         if dev is not None:

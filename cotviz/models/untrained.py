@@ -163,15 +163,16 @@ class LoadedModel:
         }
 
 
-def new_model(name: str, *, untrained: bool, num_classes: int | None = None) -> nn.Module:
+def new_model(name: str, *, untrained: bool, num_classes: int | None = None, **overrides: Any) -> nn.Module:
     """The registered network ``name`` with its seeded initialisation, before weights or the demo steps.
 
     ``untrained=True`` builds it with live residual branches (``zero_init_last_bn=False``) for
-    :func:`make_untrained`.
+    :func:`make_untrained`. ``overrides``: further ``create_model`` arguments (e.g. ``spatial_layer="sa"``).
     """
     from cotviz.models.registry import create_model
 
-    overrides: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
     if untrained:
         overrides["zero_init_last_bn"] = False
     return create_model(name, seed=RANDOM_INIT_SEED, **overrides)
@@ -192,14 +193,17 @@ def finish_model(model: nn.Module, name: str, weights: str | os.PathLike[str] | 
                        f"checkpoint {info.path.name} ({info.source}{', EMA' if info.used_ema else ''})")
 
 
-def load_model(name: str, weights: str | os.PathLike[str] | None = None, *,
-               num_classes: int | None = None) -> LoadedModel:
-    """:func:`new_model` then :func:`finish_model`: the network a run uses for ``name`` (and ``weights``)."""
+def load_model(name: str, weights: str | os.PathLike[str] | None = None, *, num_classes: int | None = None,
+               label: str | None = None, **overrides: Any) -> LoadedModel:
+    """:func:`new_model` then :func:`finish_model`: the network a run uses for ``name`` (and ``weights``).
+
+    ``overrides``: further ``create_model`` arguments; ``label``: the name results carry (default: ``name``).
+    """
     from cotviz.models.registry import resolve_name
 
     canonical = resolve_name(name)
-    return finish_model(new_model(canonical, untrained=weights is None, num_classes=num_classes), canonical,
-                        weights)
+    model = new_model(canonical, untrained=weights is None, num_classes=num_classes, **overrides)
+    return finish_model(model, label or canonical, weights)
 
 
 def describe_model(model: nn.Module) -> LoadedModel:
