@@ -51,10 +51,13 @@ def capture(model: nn.Module, *, stages: Iterable[int] | int | None = None, bloc
 
     Args:
         model: a cotviz network (``create_model(...)``, possibly wrapped), or any module containing
-            CoT layers (e.g. a bare ``CotLayer``: one record named ``"layer"``, stage 0).
-        stages: stage numbers 1..4 (``layer1..layer4``, the paper's res2..res5); None = all.
+            CoT networks or CoT layers (e.g. a bare ``CotLayer``: one record named ``"layer"``, stage 0).
+            Several CoT networks in one model (an ensemble): all are recorded, each name prefixed with
+            the network's module path (``"teacher.stage3.block2"``).
+        stages: stage numbers 1..4 (``layer1..layer4``, the paper's res2..res5); None = all. With several
+            networks, the stage of each.
         blocks: 1-based block numbers within each selected stage (each must exist in every selected
-            stage); None = all.
+            stage, of every network); None = all.
         taps: subset of :data:`TAP_NAMES`; None = all. The block output and geometry are always
             recorded. For blocks without CoT (SE-CoTNetD's split-attention blocks, ResNet) only
             ``output`` (the operator's output) can be recorded; their other taps stay None.
@@ -66,7 +69,7 @@ def capture(model: nn.Module, *, stages: Iterable[int] | int | None = None, bloc
 
     Returns:
         :class:`Capture`, a ``Mapping[str, Record]`` filled during the ``with`` block, keys
-        ``"stage{S}.block{B}"`` in forward order. Only blocks that ran are present; a later forward
+        ``"stage{S}.block{B}"`` (``"{network path}.stage{S}.block{B}"`` with several networks) in forward order. Only blocks that ran are present; a later forward
         in the same ``with`` overwrites earlier records.
 
     Raises:

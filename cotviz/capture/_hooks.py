@@ -2,8 +2,8 @@
 
 Per selected block, at most: one forward hook per selected tap (``Tap`` submodules of the CoT layer),
 one on the spatial operator (its map size; its output for blocks without CoT taps) and one on the
-block (block output; assembles the :class:`Record`). One forward-pre hook on the model itself reads
-the input size. Unselected blocks get no hooks. A hook stores ``tensor.detach().clone()`` (one copy,
+block (block output; assembles the :class:`Record`). One forward-pre hook per CoT network (on the network,
+not on a wrapper around it) reads the input size its blocks see; stray CoT layers use the model's input. Unselected blocks get no hooks. A hook stores ``tensor.detach().clone()`` (one copy,
 optionally cast / moved in the same op) into a per-block dict: captum-style cloning, so the in-place
 ReLU / SiLU and ``+=`` of the network cannot rewrite what was stored.
 """
@@ -84,7 +84,7 @@ class Capture(Mapping[str, Record]):
         self._records: dict[str, Record] = {}
         self._handles: list[RemovableHandle] = []
         self._active = False
-        self._input_size: tuple[int, int] | None = None
+        self._input_sizes: dict[int, tuple[int, int]] = {}  # id(network or model) -> (H, W) of its last input
         self._missing: list[str] = []
         self._copy = _copier(device, dtype, keep_graph)
 
@@ -151,7 +151,7 @@ class Capture(Mapping[str, Record]):
     def _input_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         x = _first_4d(args, kwargs)
         if x is not None:
-            self._input_size = (int(x.shape[-2]), int(x.shape[-1]))
+            self._input_sizes[id(module)] = (int(x.shape[-2]), int(x.shape[-1]))
 
     def _assemble(self, site: Site, slot: dict[str, Any], wanted: tuple[str, ...], block_output: Tensor) -> Record:
         """Build the record of ``site`` from what its hooks stored (runs once per block per forward)."""
@@ -161,9 +161,10 @@ class Capture(Mapping[str, Record]):
                 where = site.layer_path or type(site.op).__name__
                 self._missing.append(f"{name} of {info.name} ({where})")
         size: tuple[int, int] | None = slot.get("_size")
+        input_size = self._input_sizes.get(id(site.input_module or self.model))
         stride = site.map_stride
-        if stride is None and size is not None and self._input_size is not None:
-            stride = max(1, round(self._input_size[0] / size[0]))
+        if stride is None and size is not None and input_size is not None:
+            stride = max(1, round(input_size[0] / size[0]))
         return Record(
             name=info.name, stage=info.stage, block=info.block, module_path=info.module_path,
             layer_path=site.layer_path, layer_type=info.layer_type, has_cot=info.has_cot,
@@ -171,13 +172,15 @@ class Capture(Mapping[str, Record]):
             attention=slot.get("attention"), dynamic_context=slot.get("dynamic_context"),
             fusion_weights=slot.get("fusion_weights"), output=slot.get("output"),
             kernel_size=site.kernel_size, num_heads=site.num_heads, groups=site.groups,
-            share_planes=site.share_planes, input_size=self._input_size, feature_stride=stride,
+            share_planes=site.share_planes, input_size=input_size, feature_stride=stride,
             feature_size=size, pooled_before=site.pooled_before, blurred_after=site.blurred_after,
         )
 
     def _install(self) -> None:
         h = self._handles
-        h.append(self.model.register_forward_pre_hook(self._input_hook, with_kwargs=True))
+        inputs = {id(m): m for m in (site.input_module or self.model for site in self.sites)}
+        for module in inputs.values():  # each CoT network (and the model, for stray CoT layers)
+            h.append(module.register_forward_pre_hook(self._input_hook, with_kwargs=True))
         for site in self.sites:
             slot: dict[str, Any] = {}
             # taps this block can deliver: its CoT taps, or ``output`` from any operator
@@ -201,7 +204,7 @@ class Capture(Mapping[str, Record]):
             raise CaptureError("this capture is already active; create a new one with cotviz.capture(...)")
         self._records.clear()
         self._missing.clear()
-        self._input_size = None
+        self._input_sizes.clear()
         try:
             self._install()
         except BaseException:

@@ -1,12 +1,19 @@
 """Finding the blocks of a model, their spatial operators, taps and geometry, without running it.
 
-Two layouts are understood:
+Two layouts are understood, and may be mixed:
 
-- a ResNet-style network (``CoTResNet``, possibly wrapped): the first submodule with children
-  ``layer1 .. layerN``; each child of ``layer{S}`` is block ``B`` (1-based) of stage ``S``, its spatial
-  operator is ``block.conv2``, ``block.avd`` pools before it and ``block.aa`` blur-pools after it.
-- anything else that contains CoT layers (a bare ``CotLayer``, a lone ``Bottleneck``, a custom
-  wrapper): every CoT layer is one record named by its module path (``"layer"`` for the root), stage 0.
+- ResNet-style networks (``CoTResNet``, possibly wrapped): every outermost submodule with children
+  ``layer1 .. layerN`` is a *CoT network*; each child of ``layer{S}`` is block ``B`` (1-based) of stage
+  ``S``, its spatial operator is ``block.conv2``, ``block.avd`` pools before it and ``block.aa`` blur-pools
+  after it. One network (the model itself or wrapped, e.g. ``nn.Sequential(nn.Upsample(...), net)``): records
+  are named ``"stage{S}.block{B}"``. Several (an ensemble, a teacher and a student): every name is prefixed
+  with the network's module path, ``"teacher.stage3.block2"``, ``"0.stage3.block2"``, so none hides another.
+- CoT layers outside any such network (a bare ``CotLayer``, a lone ``Bottleneck``, a custom wrapper, a CoT
+  head beside a network): each is one record named by its module path (``"layer"`` for the root), stage 0.
+
+Geometry comes from the CoT network's own input (a forward-pre hook on the network, not on the outer model),
+so a wrapper that resizes the input first does not falsify ``input_size`` or the feature stride; stage-0
+records use the model's input.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ class Site:
     info: BlockInfo
     block: nn.Module
     op: nn.Module | None
+    network: str  # module path of the CoT network ("" for the model itself); stage-0 sites: their own path
+    input_module: nn.Module | None  # whose input gives ``input_size`` (the CoT network; None = the model)
     layer_path: str
     tap_modules: dict[str, Tap]
     map_stride: int | None
@@ -80,7 +89,7 @@ def _op_stride(op: nn.Module | None) -> int:
 
 
 def _make_site(info: BlockInfo, block: nn.Module, op: nn.Module | None, layer_path: str,
-               in_stride: int | None) -> Site:
+               in_stride: int | None, network: str, input_module: nn.Module | None) -> Site:
     taps = _taps_of(op)
     has_cot = len(taps) == len(TAP_NAMES)
     pooled = getattr(block, "avd", None) is not None
@@ -97,20 +106,29 @@ def _make_site(info: BlockInfo, block: nn.Module, op: nn.Module | None, layer_pa
     share = getattr(op, "share_planes", None) if has_cot else None
     dim = getattr(op, "dim", None)
     heads = dim // share // groups if has_cot and isinstance(dim, int) and isinstance(share, int) else None
-    return Site(info=info, block=block, op=op, layer_path=layer_path, tap_modules=taps, map_stride=map_stride,
+    return Site(info=info, block=block, op=op, network=network, input_module=input_module,
+                layer_path=layer_path, tap_modules=taps, map_stride=map_stride,
                 pooled_before=pooled, blurred_after=blurred, kernel_size=_kernel_size(op), num_heads=heads,
                 groups=groups, share_planes=share if has_cot else None)
 
 
-def _find_skeleton(model: nn.Module) -> tuple[str, nn.Module, list[nn.Module]] | None:
-    """(prefix, network, [layer1, ..., layerN]) of the first submodule with stage children, else None."""
-    for prefix, mod in model.named_modules():
-        stages: list[nn.Module] = []
-        while isinstance(s := getattr(mod, f"layer{len(stages) + 1}", None), nn.Module):
-            stages.append(s)
-        if stages:
-            return prefix, mod, stages
-    return None
+def _stages_of(mod: nn.Module) -> list[nn.Module]:
+    """``[layer1, ..., layerN]`` children of ``mod`` (empty if it has no ``layer1``)."""
+    stages: list[nn.Module] = []
+    while isinstance(s := getattr(mod, f"layer{len(stages) + 1}", None), nn.Module):
+        stages.append(s)
+    return stages
+
+
+def _find_networks(model: nn.Module) -> list[tuple[str, nn.Module, list[nn.Module]]]:
+    """``(prefix, network, [layer1, ..., layerN])`` of every outermost submodule with stage children."""
+    found: list[tuple[str, nn.Module, list[nn.Module]]] = []
+    for prefix, mod in model.named_modules():  # parents before children
+        if any(prefix == p or prefix.startswith(f"{p}.") or not p for p, _, _ in found):
+            continue  # inside a network already found
+        if stages := _stages_of(mod):
+            found.append((prefix, mod, stages))
+    return found
 
 
 def _stem_stride(net: nn.Module, first_block: nn.Module) -> int | None:
@@ -121,33 +139,42 @@ def _stem_stride(net: nn.Module, first_block: nn.Module) -> int | None:
     return None
 
 
-def find_sites(model: nn.Module) -> list[Site]:
-    """All blocks of ``model`` in forward order (see the module docstring for the two layouts)."""
-    found = _find_skeleton(model)
+def _network_sites(prefix: str, net: nn.Module, stages: list[nn.Module], name_prefix: str) -> list[Site]:
+    """The blocks of one CoT network, in forward order; record names start with ``name_prefix``."""
     sites: list[Site] = []
-    if found is not None:
-        prefix, net, stages = found
-        blocks0 = list(stages[0].children())
-        in_stride = _stem_stride(net, blocks0[0]) if blocks0 else None
-        for s, stage in enumerate(stages, start=1):
-            for b, (child_name, block) in enumerate(stage.named_children(), start=1):
-                path = _join(prefix, f"layer{s}.{child_name}")
-                op = getattr(block, "conv2", None)
-                op = op if isinstance(op, nn.Module) else None
-                taps = _taps_of(op)
-                layer_type = type(op).__name__ if op is not None else type(block).__name__
-                info = BlockInfo(f"stage{s}.block{b}", s, b, path, layer_type, len(taps) == len(TAP_NAMES))
-                sites.append(_make_site(info, block, op, _join(path, "conv2") if op is not None else path,
-                                        in_stride))
-                if in_stride is not None:
-                    in_stride *= int(getattr(block, "stride", 1) or 1)
-        return sites
-    # no stages: every module carrying all CoT taps is one record
+    blocks0 = list(stages[0].children())
+    in_stride = _stem_stride(net, blocks0[0]) if blocks0 else None
+    for s, stage in enumerate(stages, start=1):
+        for b, (child_name, block) in enumerate(stage.named_children(), start=1):
+            path = _join(prefix, f"layer{s}.{child_name}")
+            op = getattr(block, "conv2", None)
+            op = op if isinstance(op, nn.Module) else None
+            taps = _taps_of(op)
+            layer_type = type(op).__name__ if op is not None else type(block).__name__
+            info = BlockInfo(f"{name_prefix}stage{s}.block{b}", s, b, path, layer_type, len(taps) == len(TAP_NAMES))
+            sites.append(_make_site(info, block, op, _join(path, "conv2") if op is not None else path,
+                                    in_stride, prefix, net))
+            if in_stride is not None:
+                in_stride *= int(getattr(block, "stride", 1) or 1)
+    return sites
+
+
+def find_sites(model: nn.Module) -> list[Site]:
+    """All blocks of ``model``: those of its CoT networks in network order, then stray CoT layers.
+
+    See the module docstring for the layouts and the record names.
+    """
+    networks = _find_networks(model)
+    sites: list[Site] = []
+    for prefix, net, stages in networks:
+        sites += _network_sites(prefix, net, stages, f"{prefix}." if len(networks) > 1 else "")
+    inside = [p for p, _, _ in networks]
+    # CoT layers outside every network: one record each, named by module path
     paths = {id(m): p for p, m in model.named_modules()}
     parents = {id(c): (m, n) for m in model.modules() for n, c in m.named_children()}
     n = 0
     for path, op in model.named_modules():
-        if len(_taps_of(op)) != len(TAP_NAMES):
+        if len(_taps_of(op)) != len(TAP_NAMES) or any(not p or path.startswith(f"{p}.") for p in inside):
             continue
         n += 1
         parent = parents.get(id(op))
@@ -155,7 +182,8 @@ def find_sites(model: nn.Module) -> list[Site]:
         block_path = paths[id(block)]
         name = path or ROOT_NAME
         info = BlockInfo(name, 0, n, block_path, type(op).__name__, True)
-        sites.append(_make_site(info, block, op, path, 1 if block is model or op is model else None))
+        sites.append(_make_site(info, block, op, path, 1 if block is model or op is model else None,
+                                name, None))
     return sites
 
 
@@ -164,33 +192,46 @@ def cot_blocks(model: nn.Module) -> list[BlockInfo]:
     return [s.info for s in find_sites(model)]
 
 
-def _staged(model: nn.Module, sites: list[Site]) -> dict[int, list[Site]]:
-    by_stage: dict[int, list[Site]] = {}
+def _staged(model: nn.Module, sites: list[Site]) -> dict[str, dict[int, list[Site]]]:
+    """``{network: {stage: [sites]}}`` of the staged sites; a model without stages raises."""
+    nets: dict[str, dict[int, list[Site]]] = {}
     for s in sites:
         if s.info.stage:
-            by_stage.setdefault(s.info.stage, []).append(s)
-    if not by_stage:
+            nets.setdefault(s.network, {}).setdefault(s.info.stage, []).append(s)
+    if not nets:
         raise CaptureError(f"{model_label(model)} has no stages (no layer1..layer4 children); "
                            "leave stages=None and blocks=None to record its CoT layers by module path")
-    return by_stage
+    return nets
+
+
+def _common_stages(nets: dict[str, dict[int, list[Site]]]) -> list[int]:
+    """Stage numbers every CoT network has (with several networks a number selects that stage in each)."""
+    return sorted(set.intersection(*(set(stages) for stages in nets.values())))
+
+
+def _block_count(nets: dict[str, dict[int, list[Site]]], stage: int) -> int:
+    """Blocks of ``stage`` that every network has."""
+    return min(len(stages[stage]) for stages in nets.values())
 
 
 def stage_range(model: nn.Module) -> range:
-    """Valid stage numbers of ``model`` (``range(1, 5)`` for every CoTNet)."""
-    by_stage = _staged(model, find_sites(model))
-    return range(1, max(by_stage) + 1)
+    """Valid stage numbers of ``model`` (``range(1, 5)`` for every CoTNet; for several networks: in each)."""
+    stages = _common_stages(_staged(model, find_sites(model)))
+    return range(1, max(stages, default=0) + 1)
 
 
 def block_range(model: nn.Module, stage: int) -> range:
-    """Valid 1-based block numbers of ``stage`` (``range(1, 7)`` for stage 3 of cotnet50)."""
-    by_stage = _staged(model, find_sites(model))
-    _check_stage(model, by_stage, stage)
-    return range(1, len(by_stage[stage]) + 1)
+    """Valid 1-based block numbers of ``stage`` (``range(1, 7)`` for stage 3 of cotnet50; several networks: in each)."""
+    nets = _staged(model, find_sites(model))
+    _check_stage(model, nets, stage)
+    return range(1, _block_count(nets, stage) + 1)
 
 
-def _check_stage(model: nn.Module, by_stage: dict[int, list[Site]], stage: int) -> None:
-    if stage not in by_stage:
-        raise CaptureError(f"stage {stage} out of range: {model_label(model)} has stages 1..{max(by_stage)}")
+def _check_stage(model: nn.Module, nets: dict[str, dict[int, list[Site]]], stage: int) -> None:
+    stages = _common_stages(nets)
+    if stage not in stages:
+        raise CaptureError(f"stage {stage} out of range: {model_label(model)} has stages 1..{max(stages, default=0)}"
+                           + (f" in each of its {len(nets)} CoT networks" if len(nets) > 1 else ""))
 
 
 def _ints(values: Iterable[int] | int, what: str) -> list[int]:
@@ -206,19 +247,22 @@ def select_sites(model: nn.Module, sites: list[Site], stages: Iterable[int] | in
     """The sites chosen by ``stages`` / ``blocks`` (None = all), in forward order; range-checked."""
     if stages is None and blocks is None:
         return list(sites)
-    by_stage = _staged(model, sites)
-    wanted_stages = sorted(by_stage) if stages is None else _ints(stages, "stages")
+    nets = _staged(model, sites)
+    wanted_stages = _common_stages(nets) if stages is None else _ints(stages, "stages")
     for s in wanted_stages:
-        _check_stage(model, by_stage, s)
+        _check_stage(model, nets, s)
     wanted_blocks = None if blocks is None else _ints(blocks, "blocks")
     if wanted_blocks is not None:
         for s in wanted_stages:
-            n = len(by_stage[s])
+            n = _block_count(nets, s)
             for b in wanted_blocks:
                 if not 1 <= b <= n:
-                    raise CaptureError(f"block {b} out of range: stage {s} of {model_label(model)} has blocks 1..{n}")
-    keep = {(s, b) for s in wanted_stages for b in (wanted_blocks or range(1, len(by_stage[s]) + 1))}
-    return [site for site in sites if (site.info.stage, site.info.block) in keep]
+                    each = f" in each of its {len(nets)} CoT networks" if len(nets) > 1 else ""
+                    raise CaptureError(f"block {b} out of range: stage {s} of {model_label(model)} has blocks "
+                                       f"1..{n}{each}")
+    chosen = set(wanted_stages)
+    return [site for site in sites if site.info.stage in chosen
+            and (wanted_blocks is None or site.info.block in wanted_blocks)]
 
 
 def validate_taps(model: nn.Module, sites: list[Site], taps: Iterable[str] | str | None) -> tuple[str, ...]:

@@ -28,8 +28,9 @@ __all__ = ["BlockInfo", "Record", "attention_heads", "channel_heads", "TAP_NAMES
 class BlockInfo:
     """A block that :func:`cotviz.capture.capture` can record, found without running the model.
 
-    ``name`` is the record key (``"stage3.block2"``; ``"layer"`` / a module path for a model that is
-    not a ResNet-style network), ``stage`` 1..4 (0 outside a stage), ``block`` 1-based,
+    ``name`` is the record key (``"stage3.block2"``; prefixed with the network's module path when the model
+    holds several CoT networks, ``"teacher.stage3.block2"``; ``"layer"`` / a module path for a CoT layer
+    outside any ResNet-style network), ``stage`` 1..4 (0 outside a stage), ``block`` 1-based,
     ``module_path`` the block's path (``"layer3.1"``), ``layer_type`` the class name of its spatial
     operator (``conv2``), ``has_cot`` whether that operator exposes the CoT taps.
     """
@@ -91,9 +92,10 @@ class Record:
       attention, plain conv) the output of its spatial operator ``conv2``.
     - ``block_output`` (B, 4*planes, Ho, Wo): output of the whole block (always recorded).
 
-    Geometry: ``input_size`` (H_in, W_in) of the network input (None if the model's own forward did
-    not run), ``feature_stride`` input pixels per cell of the operator maps (16 for stage 3 of
-    cotnet50), ``feature_size`` (H, W) of those maps, ``pooled_before`` / ``blurred_after``: the block
+    Geometry: ``input_size`` (H_in, W_in) of the input of the CoT network this block belongs to -- what
+    the network itself received, after anything a wrapper did first (an ``nn.Upsample`` in front) -- or of
+    the model for a stage-0 record (None if that forward did not run); ``feature_stride`` input pixels per
+    cell of the operator maps, relative to that input (16 for stage 3 of cotnet50), ``feature_size`` (H, W) of those maps, ``pooled_before`` / ``blurred_after``: the block
     average-pools before the operator / blur-pools after it.
     """
 
