@@ -89,8 +89,8 @@ def test_plot(runner: CliRunner, tmp_path: Path) -> None:
 
 
 def test_memory_check_refuses_and_can_be_turned_off(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
-    _one_line_error(runner.invoke(app, ["profile", "cotnet50", "--size", "100000", "--measure"]), 2,
-                    "cotnet50 at 100000 px, batch 1 needs about", "TiB", "is available", "--no-memory-check")
+    _one_line_error(runner.invoke(app, ["profile", "resnet50", "--size", "100000", "--measure"]), 2,
+                    "resnet50 at 100000 px, batch 1 needs about", "TiB", "is available", "--no-memory-check")
     needed = estimate_forward_memory("resnet50", 32)
     monkeypatch.setattr(resources, "available_memory", lambda: needed - 1)  # room for the weights, not the forward
     args = ["profile", "resnet50", "--measure", "--size", "32", "--warmup", "0", "--repeats", "1", "--format", "json"]

@@ -106,11 +106,11 @@ def test_threads_are_bounded_by_the_usable_cpus(threads: int) -> None:
 
 def test_memory_check_refuses_before_allocating() -> None:
     """100000 px: ~2 TiB counted on the meta device, refused with one line instead of torch's allocation error."""
-    with pytest.raises(ResourceLimitError, match=r"cotnet50 at 100000 px, batch 1 needs about .* TiB of memory, "
+    with pytest.raises(ResourceLimitError, match=r"resnet50 at 100000 px, batch 1 needs about .* TiB of memory, "
                                                  r"but only .* is available.*--no-memory-check"):
-        profile_model("cotnet50", size=100_000, measure=MeasureOptions(warmup=0, repeats=1))
+        profile_model("resnet50", size=100_000, measure=MeasureOptions(warmup=0, repeats=1))
     with pytest.raises(ResourceLimitError, match="needs about"):
-        measure_model("cotnet50", size=100_000, warmup=0, repeats=1)
+        measure_model("resnet50", size=100_000, warmup=0, repeats=1)
 
 
 def test_memory_check_can_be_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
