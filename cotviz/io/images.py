@@ -317,6 +317,8 @@ def _working_image(im: Image.Image) -> tuple[Image.Image, bool]:
     conversions to RGB happen at full decoded size because they are not linear and must not be averaged first.
     """
     mode, has_alpha = _working_mode(im)
+    if im.mode in ("La", "RGBa"):  # premultiplied (in-memory images only): un-premultiply first
+        im = im.convert(im.mode[:-1] + "A")
     return (im if im.mode == mode else im.convert(mode)), has_alpha
 
 
@@ -324,7 +326,8 @@ def _value_range(arrays: Iterable[np.ndarray]) -> tuple[float, float]:
     """``(min, max)`` of the finite values of all the (H, W) arrays; ``(0, 0)`` if there is none."""
     lo, hi = math.inf, -math.inf
     for values in arrays:
-        finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+        with np.errstate(invalid="ignore"):  # signalling NaNs in float data: handled, not worth a warning
+            finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
         if finite.size:
             lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
     return (lo, hi) if lo <= hi else (0.0, 0.0)
@@ -338,7 +341,8 @@ def _to_uint8(values: np.ndarray, mode: str, value_range: tuple[float, float]) -
     for every int32, and no overflow for the widest float32 range (``-3.4e38 .. 3.4e38``).
     """
     lo, hi = value_range
-    a = values.astype(np.float64)  # (H, W)
+    with np.errstate(invalid="ignore"):  # signalling NaNs: replaced below, not worth a warning
+        a = values.astype(np.float64)  # (H, W)
     finite = np.isfinite(a)
     if not finite.all():
         a = np.where(finite, a, lo)
@@ -500,9 +504,19 @@ def _memory_error(path: Path, im: Image.Image, needed: int, limit: int) -> Image
     )
 
 
+_PILLOW_DIR = os.path.dirname(Image.__file__)
+
+
 def _issue_warnings(path: Path, caught: list[warnings.WarningMessage]) -> None:
-    """Re-issue what Pillow warned about while reading ``path`` as one :class:`ImageWarning` line."""
-    messages = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+    """Re-issue what Pillow warned about while reading ``path`` as one :class:`ImageWarning` line.
+
+    Warnings from anywhere else (not expected: they would be cotviz's own bugs) are re-issued unchanged.
+    """
+    pillow = [w for w in caught if os.path.dirname(w.filename) == _PILLOW_DIR]
+    for w in caught:
+        if w not in pillow:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    messages = list(dict.fromkeys(" ".join(str(w.message).split()) for w in pillow))
     if not messages:
         return
     more = f" (and {len(messages) - 1} more)" if len(messages) > 1 else ""

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cotviz.errors import InvalidArgumentError
+from cotviz.errors import ImageError, InvalidArgumentError
 from cotviz.io.images import Coord, LoadedImage, to_rgb
 
 __all__ = [
@@ -288,6 +288,8 @@ def preprocess(image: Image.Image | LoadedImage, cfg: PreprocessConfig) -> Prepr
         original_size = image.size
 
     width, height = rgb.size
+    if width < 1 or height < 1:
+        raise ImageError(f"cannot preprocess an image without pixels ({width}x{height})")
     size = cfg.input_size
     resized_w, resized_h = _resized_size(width, height, cfg)
     if cfg.crop:

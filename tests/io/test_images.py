@@ -552,6 +552,13 @@ def test_small_modes_are_transposed_before_conversion(tmp_path: Path, mode: str,
     np.testing.assert_array_equal(np.asarray(loaded.image), np.asarray(expected))
 
 
+def test_premultiplied_and_empty_in_memory_images() -> None:
+    rgb, alpha = to_rgb(Image.new("La", (3, 2), (10, 100)))  # premultiplied: grey 10 is 25.5 at alpha 100/255
+    assert alpha and rgb.getpixel((0, 0)) == (165, 165, 165)  # 10 + 255 * (1 - 100 / 255)
+    with pytest.raises(ImageError, match=r"^cannot convert an image without pixels \(0x4\)$"):
+        to_rgb(Image.new("L", (0, 4)))
+
+
 # ------------------------------------------------------------------------------------------------ warnings
 
 
@@ -577,6 +584,23 @@ def _corrupt_exif() -> bytes:
     """EXIF with a valid orientation (6) and an ImageDescription whose 64 bytes lie past the end of the block."""
     entries = struct.pack("<HHII", 0x0112, 3, 1, 6) + struct.pack("<HHII", 0x010E, 2, 64, 200)
     return b"Exif\x00\x00II*\x00" + struct.pack("<IH", 8, 2) + entries + struct.pack("<I", 0)
+
+
+def test_warnings_not_from_pillow_pass_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # only Pillow's warnings are summarised; anything else (a cotviz bug) must stay visible as it is
+    path = tmp_path / "plain.png"
+    Image.fromarray(_rgb_array(8, 6)).save(path)
+    convert = images._convert
+
+    def noisy(im: Image.Image, factor: int) -> tuple[Image.Image, bool]:
+        warnings.warn("something in cotviz", RuntimeWarning, stacklevel=1)
+        return convert(im, factor)
+
+    monkeypatch.setattr(images, "_convert", noisy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_image(path)
+    assert [(w.category, str(w.message)) for w in caught] == [(RuntimeWarning, "something in cotviz")]
 
 
 @pytest.mark.parametrize("ext", [".jpg", ".png"])

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cotviz.errors import InvalidArgumentError
+from cotviz.errors import ImageError, InvalidArgumentError
 from cotviz.io import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
@@ -187,6 +187,11 @@ def test_bilinear_interpolation_is_used() -> None:
     out = preprocess(image, cfg)  # 70 -> 32, 90 -> int(41.14) = 41, crop left round(4.5) = 4
     expected = image.resize((41, 32), Image.Resampling.BILINEAR).crop((4, 0, 36, 32))
     np.testing.assert_array_equal(out.display, np.asarray(expected))
+
+
+def test_empty_image_is_an_image_error() -> None:
+    with pytest.raises(ImageError, match=r"^cannot preprocess an image without pixels \(0x5\)$"):
+        preprocess(Image.new("RGB", (0, 5)), CFG224)  # was a ZeroDivisionError
 
 
 def test_non_rgb_input_is_converted_and_not_modified() -> None:
