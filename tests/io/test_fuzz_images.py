@@ -30,8 +30,7 @@ from hypothesis import strategies as st
 from PIL import Image, features
 
 from cotviz.errors import ImageError
-from cotviz.io import PreprocessConfig, load_image, preprocess
-from cotviz.io.images import ImageWarning
+from cotviz.io import ImageWarning, PreprocessConfig, load_image, preprocess
 
 EXAMPLES = int(os.environ.get("COTVIZ_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -19,8 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps, features
 
 from cotviz.errors import ImageError, InvalidArgumentError
-from cotviz.io import expand_inputs, image_extensions, images, load_image, to_rgb
-from cotviz.io.images import ImageWarning
+from cotviz.io import ImageWarning, expand_inputs, image_extensions, images, load_image, to_rgb
 
 RNG_SEED = 1234
 
