@@ -46,7 +46,9 @@ def __getattr__(name: str) -> Any:
         module = _LAZY[name]
     except KeyError:
         raise AttributeError(f"module 'cotviz' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
+    mod = importlib.import_module(module)
+    # cotviz.explain is the callable package itself (importing it binds the package to that name anyway)
+    value = mod if module == f"cotviz.{name}" else getattr(mod, name)
     globals()[name] = value
     return value
 

@@ -20,6 +20,10 @@
 
 from __future__ import annotations
 
+import sys
+import types
+from typing import Any
+
 from cotviz.explain.result import (
     SCHEMA_VERSION,
     BlockGeometry,
@@ -55,3 +59,15 @@ __all__ = [
     "preprocess_config",
     "select",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """``cotviz.explain`` is this package AND the function: ``import cotviz.explain`` (or any ``from
+    cotviz.explain import ...``) binds the package to ``cotviz.explain``, so without this
+    ``cotviz.explain(model, image)`` would fail with "module is not callable" depending on import order."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Explanation:
+        return explain(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

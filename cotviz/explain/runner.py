@@ -136,6 +136,9 @@ class Explainer:
             net = model.model if isinstance(model, LoadedModel) else model
             name = model.name if isinstance(model, LoadedModel) else \
                 str(getattr(model, "model_name", None) or type(model).__name__)
+            if net.training:  # BatchNorm would normalise with (and update) the batch's statistics
+                raise InvalidArgumentError(f"{name} is in training mode: its maps would depend on the batch and "
+                                           "explaining would change its BatchNorm statistics; call model.eval() first")
         self.selection: Selection = select(net, stage=stage, blocks=blocks, head=head, maps=maps, point=point,
                                            model_name=name)
         classes = int(getattr(net, "num_classes", 0) or 0)
