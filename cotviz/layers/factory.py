@@ -7,6 +7,8 @@ fixed skeleton means changing one string (timm ``create_attn`` / ``byoanet`` sty
     create_spatial_layer("cot", 64, kernel=5)   # a 5x5 CoT layer: an option, not a new registration
     create_spatial_layer("split_attn", 64)      # SE / split-attention 3x3 conv (SE-CoTNetD's non-CoT blocks)
     create_spatial_layer("conv", 64)            # plain 3x3 conv + BN + ReLU (ResNet)
+    create_spatial_layer("sa", 64, kernel=7)    # local multi-head self-attention (the paper's Sec. 3.1)
+    create_spatial_layer("linear", 64)          # a Table 5 ablation: static, dynamic, linear, concat
 
 A builder is registered with :func:`register_spatial_layer` and has the signature
 ``builder(channels, *, stride, cardinality, act_layer, **options)``: it maps (B, C, H, W) ->
@@ -30,8 +32,10 @@ from typing import Any
 from torch import nn
 
 from cotviz.errors import InvalidArgumentError
+from cotviz.layers.ablations import CotConcat, CotDynamic, CotLinear, CotStatic
 from cotviz.layers.conv import ConvBnAct
 from cotviz.layers.cot import CotLayer, CoXtLayer
+from cotviz.layers.self_attention import LocalSelfAttention
 from cotviz.layers.split_attn import SplitAttnConv2d
 
 __all__ = [
@@ -223,3 +227,40 @@ def _conv(channels: int, *, stride: int, cardinality: int, act_layer: type[nn.Mo
     """Plain KxK conv + BN + activation (ResNet)."""
     _check_kernel("conv", "kernel", kernel)
     return ConvBnAct(channels, channels, kernel, stride=stride, groups=cardinality, act_layer=act_layer)
+
+
+@register_spatial_layer("sa", supports_stride=False)
+def _sa(channels: int, *, stride: int, cardinality: int, act_layer: type[nn.Module], kernel: int = 3,
+        share_planes: int = 8) -> nn.Module:
+    """Local multi-head self-attention over k x k windows (softmax attention, C/share_planes heads), BN, ReLU."""
+    _check_kernel("sa", "kernel", kernel)
+    _check_share_planes("sa", channels, share_planes)
+    return LocalSelfAttention(channels, kernel, share_planes=share_planes, groups=cardinality)
+
+
+@register_spatial_layer("static", supports_stride=False)
+def _static(channels: int, *, stride: int, cardinality: int, act_layer: type[nn.Module],
+            kernel: int = 3) -> nn.Module:
+    """Table 5 ablation: the static context K1 only (KxK grouped conv, BN, ReLU)."""
+    return _cot_family("static", CotStatic, channels, cardinality, kernel, None, 8)
+
+
+@register_spatial_layer("dynamic", supports_stride=False)
+def _dynamic(channels: int, *, stride: int, cardinality: int, act_layer: type[nn.Module], kernel: int = 3,
+             key_kernel: int | None = None, share_planes: int = 8) -> nn.Module:
+    """Table 5 ablation: the dynamic context K2 only (no fusion)."""
+    return _cot_family("dynamic", CotDynamic, channels, cardinality, kernel, key_kernel, share_planes)
+
+
+@register_spatial_layer("linear", supports_stride=False)
+def _linear(channels: int, *, stride: int, cardinality: int, act_layer: type[nn.Module], kernel: int = 3,
+            key_kernel: int | None = None, share_planes: int = 8) -> nn.Module:
+    """Table 5 ablation: K1 + K2 (no fusion)."""
+    return _cot_family("linear", CotLinear, channels, cardinality, kernel, key_kernel, share_planes)
+
+
+@register_spatial_layer("concat", supports_stride=False)
+def _concat(channels: int, *, stride: int, cardinality: int, act_layer: type[nn.Module], kernel: int = 3,
+            key_kernel: int | None = None, share_planes: int = 8) -> nn.Module:
+    """Table 5 ablation: BN(1x1 conv 2C -> C of [K1, K2]) (no fusion)."""
+    return _cot_family("concat", CotConcat, channels, cardinality, kernel, key_kernel, share_planes)

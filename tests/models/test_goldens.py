@@ -243,3 +243,15 @@ def test_tiny_logits_float64(file: str, load_reference: Callable[[str], dict[str
         logits = model(golden["input"].double())
     assert logits.dtype == torch.float64
     assert_close(logits, golden["logits_fp64"], f"{file} float64 logits", atol=ATOL_FP64, rtol=RTOL_FP64)
+
+
+def test_cot_spec_with_explicit_default_options_reproduces_the_tiny_cotnet(
+        load_reference: Callable[[str], dict[str, Any]]) -> None:
+    """The spec path (options spelled out at their defaults) builds the official network, value for value."""
+    golden = load_reference("tiny_cotnet_golden.pt")
+    name, kwargs = TINY_GOLDEN_NETS["tiny_cotnet_golden.pt"]
+    model = create_model(name, spatial_layer="cot:kernel=3,key_kernel=3,share_planes=8", **kwargs)
+    model.load_state_dict(golden["state_dict"], strict=True)
+    with torch.no_grad():
+        logits = model(golden["input"])
+    assert_close(logits, golden["logits"], "tiny_cotnet logits through the cot spec")
