@@ -1,0 +1,29 @@
+"""``examples/explain_api.py`` runs as documented (a fresh interpreter, the untrained demo network, 96 px)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_notebook_example_runs(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "explain_api.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"{REPO / 'examples' / 'coffee.png'}: top-5 classes [")
+    assert lines[1].startswith("stage3.block6: attention entropy 6x6 cells of 16 px")
+    assert lines[2].startswith("point (290, 140): cell (2, 2) of stage3.block6; head 0 kernel")
+    assert lines[3].startswith("rollout from stage3.block6: mass kept ")
+    assert lines[4].startswith("Grad-CAM of class ")
+    assert lines[5] == (f"saved coffee_cotnet50_stage3.png, coffee_cotnet50_stage3.npz, coffee_cotnet50_stage3.json "
+                        f"in {tmp_path}")
+    assert lines[6].startswith("  coffee.png: class ") and lines[7].startswith("  coffee_stage3.png: class ")
+    assert lines[8] == f"  {REPO / 'examples' / 'missing.jpg'}: error: no such file: {REPO / 'examples' / 'missing.jpg'}"
+    assert len(lines) == 9
+    assert "UntrainedModelWarning" in proc.stderr  # the demo network says what it is
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coffee_cotnet50_stage3.json", "coffee_cotnet50_stage3.npz",
+                                                          "coffee_cotnet50_stage3.png"]
