@@ -24,6 +24,8 @@ Each has
   any order are exact (gradgradcheck, Hessian-vector products);
 - a batching rule (``register_vmap``): the vmapped dimension is folded into the batch dimension,
   which the operators treat sample by sample anyway;
+- a decomposition into plain aten ops in ``torch._decomp.decomposition_table`` (what the dynamo ONNX
+  exporter uses for an already exported program);
 - a FLOP formula for ``torch.utils.flop_counter.FlopCounterMode``: ``2 * B * heads*C * K*K * Ho*Wo``
   (one multiply-add per tap and output element, fvcore's and cotviz's "2 FLOPs = 1 MAC"; the same for
   both backward operators, which form the same products).
@@ -40,6 +42,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch._decomp import register_decomposition
 from torch.utils.flop_counter import register_flop_formula
 
 from cotviz.ops.aggregation import (
@@ -252,3 +255,13 @@ def _backward_flops(grad_shape: Any, other_shape: Any, *args: Any, out_shape: An
     """The products of the forward again, one per tap and gradient element: ``2 * numel(grad) * K*K``."""
     kernel_size = args[-4]
     return 2 * _numel(grad_shape) * kernel_size * kernel_size
+
+
+# ------------------------------------------------------------------------------------ decompositions
+# Into plain aten ops, for consumers that ask torch's decomposition table (the dynamo ONNX exporter
+# lowers an ExportedProgram holding these operators through it). Not in torch.export's or inductor's
+# default tables, which keep the operators whole.
+
+register_decomposition(_ops.local_aggregation.default)(_aggregation_plain)
+register_decomposition(_ops.local_aggregation_grad_input.default)(_grad_input_plain)
+register_decomposition(_ops.local_aggregation_grad_weight.default)(_grad_weight_plain)
