@@ -14,7 +14,9 @@ class LocalAggregation(nn.Module):
 
     ``forward(x, weight)``: x (B, C, H, W), weight (B, heads, Cw, K*K, Ho, Wo) -> (B, heads*C, Ho, Wo),
     channel ``c`` aggregated with map ``c % Cw``. Kept as a module (same name as the official
-    ``self.local_conv``) so that profilers and hooks can see it.
+    ``self.local_conv``) so that profilers and hooks can see it. Its forward is one call of the
+    registered operator ``torch.ops.cotviz.local_aggregation`` (:func:`cotviz.ops.local_aggregation`):
+    torch.compile, torch.export and fx record it as one node, ``FlopCounterMode`` counts it.
     """
 
     def __init__(self, channels: int, kernel_size: int, stride: int = 1, padding: int | None = None,

@@ -101,7 +101,7 @@ class CotLayer(nn.Module):
             return torch.cat([x, k], dim=1)  # (B, 2C, H, W): x channels, then K1 channels
         b, c, h, w = x.shape
         # CoXt interleaves: (B, C, 2, H, W) -> (B, 2C, H, W) = x0, k0, x1, k1, ...
-        return torch.stack([x, k], dim=2).view(b, 2 * c, h, w)
+        return torch.stack([x, k], dim=2).reshape(b, 2 * c, h, w)  # a copy only for channels-last inputs
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
@@ -109,10 +109,11 @@ class CotLayer(nn.Module):
         maps = self.dim // self.share_planes // g  # attention maps per group, C/(8g); explicit so B = 0 works
         k = self.static_context(self.key_embed(x))  # (B, C, H, W)
         attn = self.embed(self._query_key(x, k))  # (B, KK*C/8, H, W)
-        # (B*g, 1, C/(8g), KK, H, W): group j of sample i sits at batch index i*g + j
-        attn = self.attention(attn.view(b * g, 1, maps, kk, h, w))
-        v = self.conv1x1(x).view(b * g, c // g, h, w)  # (B*g, C/g, H, W)
-        v = self.local_conv(v, attn).view(b, c, h, w)  # (B, C, H, W)
+        # (B*g, 1, C/(8g), KK, H, W): group j of sample i sits at batch index i*g + j. reshape, not view:
+        # for CoXt (g = 2) a channels-last tensor cannot merge B with the group dimension without a copy
+        attn = self.attention(attn.reshape(b * g, 1, maps, kk, h, w))
+        v = self.conv1x1(x).reshape(b * g, c // g, h, w)  # (B*g, C/g, H, W)
+        v = self.local_conv(v, attn).reshape(b, c, h, w)  # (B, C, H, W)
         v = self.dynamic_context(self.act(self.bn(v)))  # (B, C, H, W)
         gap = v.mean((2, 3), keepdim=True) + k.mean((2, 3), keepdim=True)  # (B, C, 1, 1): mean of K2 + K1
         logits = self.se(gap).view(b, c, self.radix)  # (B, C, radix)

@@ -1,7 +1,8 @@
-"""The test networks can catch a dropped aggregation, and an empty batch gives an empty output."""
+"""Whole tiny networks: the test networks can catch a dropped aggregation; empty batches; channels-last."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pytest
@@ -32,3 +33,14 @@ def test_empty_batch_gives_empty_output(live_net: Callable[[str], nn.Module], na
     with torch.no_grad():
         out = live_net(name)(torch.zeros(0, 3, 64, 64))
     assert out.shape == (0, 10)
+
+
+@pytest.mark.parametrize("name", ["cotnet50", "cotnext50_2x48d"])
+def test_channels_last_network_matches_contiguous(live_net: Callable[[str], nn.Module], images: Tensor,
+                                                  name: str) -> None:
+    # CoXt merged the batch and group dimensions with .view, which a channels-last tensor refused
+    model = live_net(name)
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    with torch.no_grad():
+        got = channels_last(images.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(got, model(images), atol=1e-5, rtol=1e-5)
