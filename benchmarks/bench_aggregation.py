@@ -6,8 +6,9 @@ Prints one table: median wall time of the fast path (``cotviz.ops.local_aggregat
 unfold reference (``local_aggregation_reference``), measured in interleaved repeats on the same
 tensors and thread count, and the speed-up (reference / fast). Shapes: x (B, C, H, W) with
 (C, H) = (64, 56), (128, 28), (256, 14), (512, 7), Cw = C/8, K = 3, weight (B, 1, C/8, 9, H, W),
-batch 1 and 8, float32, inference mode; plus forward+backward on two shapes and a channels-last and a
-bfloat16 row. Timings are noisy on shared machines: compare ratios, not absolute numbers.
+batch 1 and 8, float32, inference mode; plus forward+backward (batch 8) on every stage shape, a
+channels-last and a bfloat16 row, and a Hessian-vector product (double backward: the fast path's
+backward is made of the registered operators, so it is differentiable too). Timings are noisy on shared machines: compare ratios, not absolute numbers.
 """
 
 from __future__ import annotations
@@ -109,6 +110,23 @@ def backward_row(label: str, x: Tensor, w: Tensor, repeats: int) -> Row:
     return Row(label, fast, ref)
 
 
+def hvp_row(label: str, x: Tensor, w: Tensor, repeats: int) -> Row:
+    """Hessian-vector product by double backward of ``sum(agg(x, w)**2)`` w.r.t. (x, weight)."""
+    x, w = x.clone().requires_grad_(), w.clone().requires_grad_()
+    gen = torch.Generator().manual_seed(2)
+    v = (torch.randn(x.shape, generator=gen).to(x.dtype), torch.randn(w.shape, generator=gen).to(w.dtype))
+
+    def step(op: Op) -> Callable[[], object]:
+        def hvp() -> object:
+            grads = torch.autograd.grad(op(x, w, KERNEL_SIZE).pow(2).sum(), (x, w), create_graph=True)
+            return torch.autograd.grad(grads, (x, w), v)
+
+        return hvp
+
+    fast, ref = interleaved(step(local_aggregation), step(local_aggregation_reference), repeats)
+    return Row(label, fast, ref)
+
+
 def run(repeats: int) -> list[Row]:
     """All benchmark rows (takes well under two minutes on 2 cores)."""
     rows = []
@@ -122,9 +140,11 @@ def run(repeats: int) -> list[Row]:
     for channels, side in ((64, 56), (512, 7)):
         x, w = make_inputs(8, channels, side, torch.bfloat16)
         rows.append(forward_row(f"B=8 C={channels} {side}x{side} forward bfloat16", x, w, repeats))
-    for channels, side in ((64, 56), (512, 7)):
+    for channels, side in STAGES:
         x, w = make_inputs(8, channels, side, torch.float32)
         rows.append(backward_row(f"B=8 C={channels} {side}x{side} forward+backward", x, w, repeats))
+    x, w = make_inputs(8, 256, 14, torch.float32)
+    rows.append(hvp_row("B=8 C=256 14x14 Hessian-vector product", x, w, repeats))
     return rows
 
 
