@@ -8,12 +8,12 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from enum import Enum
 from typing import Any, TypeVar
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-__all__ = ["DEBUG", "FLAG", "OutputFormat", "console", "err_console", "fail", "handle_errors", "print_json",
+__all__ = ["DEBUG", "FLAG", "Command", "Group", "console", "err_console", "fail", "handle_errors", "print_json",
            "route_warnings"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -24,11 +24,28 @@ DEBUG = {"enabled": False}
 FLAG = ""
 
 
-class OutputFormat(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-    markdown = "markdown"
+def _flags_without_placeholder(params: list[Any]) -> None:
+    """Typer renders a type for every option, so a flag (``--help`` included) shows ``<bool>`` as if it took a
+    value; a flag has no value to show."""
+    for p in params:
+        if getattr(p, "is_flag", False) and getattr(p, "metavar", "") is None:
+            p.metavar = FLAG
+
+
+class Command(TyperCommand):
+    """A command whose help shows flags without a value placeholder."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _flags_without_placeholder(self.get_params(ctx))
+        super().format_help(ctx, formatter)
+
+
+class Group(TyperGroup):
+    """The root group, with the same help rendering as :class:`Command`."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _flags_without_placeholder(self.get_params(ctx))
+        super().format_help(ctx, formatter)
 
 
 _GC_DEFERRED = {"active": False}

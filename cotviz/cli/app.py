@@ -11,7 +11,7 @@ from cotviz.cli import attention as attention_cmd
 from cotviz.cli import compare as compare_cmd
 from cotviz.cli import models as models_cmd
 from cotviz.cli import profile as profile_cmd
-from cotviz.cli._common import DEBUG, FLAG, defer_gc
+from cotviz.cli._common import DEBUG, FLAG, Command, Group, defer_gc
 
 app = typer.Typer(
     name="cotviz",
@@ -19,6 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=Group,
 )
 
 
@@ -38,10 +39,10 @@ def _root(
     DEBUG["enabled"] = debug
 
 
-app.command("models")(models_cmd.models)
-app.command("profile")(profile_cmd.profile)
-app.command("attention")(attention_cmd.attention)
-app.command("compare")(compare_cmd.compare)
+app.command("models", cls=Command)(models_cmd.models)
+app.command("profile", cls=Command)(profile_cmd.profile)
+app.command("attention", cls=Command)(attention_cmd.attention)
+app.command("compare", cls=Command)(compare_cmd.compare)
 
 
 def main() -> None:

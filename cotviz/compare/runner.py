@@ -134,21 +134,21 @@ def _interleaved(models: list[nn.Module], x: torch.Tensor, *, warmup: int, repea
                  device: torch.device) -> list[tuple[list[float], int | None]]:
     """Time one inference forward of every model in turn (A, B, C, A, B, C, ...): per model the times (ms) and
     the peak RSS growth of its first forward (CPU; None elsewhere)."""
-    from cotviz.profile.measure import _peak_memory, _sync
+    from cotviz.profile.measure import peak_memory, synchronize
 
     out: list[tuple[list[float], int | None]] = []
     with torch.inference_mode():
         for m in models:
-            peak, _ = _peak_memory(m, x, device)
+            peak, _ = peak_memory(m, x, device)
             for _ in range(warmup):
                 m(x)
             out.append(([], peak))
         for _ in range(repeats):
             for m, (times, _) in zip(models, out, strict=True):
-                _sync(device)
+                synchronize(device)
                 t0 = time.perf_counter()
                 m(x)
-                _sync(device)
+                synchronize(device)
                 times.append((time.perf_counter() - t0) * 1000.0)
     return out
 

@@ -38,7 +38,7 @@ from cotviz.errors import InvalidArgumentError
 from cotviz.profile.choices import DTYPES, check_choice
 from cotviz.resources import check_threads, parse_device, torch_threads
 
-__all__ = ["MeasureOptions", "MeasureResult", "measure_latency", "measure_model", "parse_dtype"]
+__all__ = ["MeasureOptions", "MeasureResult", "measure_latency", "measure_model", "parse_dtype", "peak_memory", "synchronize"]
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -139,19 +139,19 @@ def _device_name(device: torch.device) -> str:
     return f"{cpu} ({os.cpu_count()} logical CPUs)"
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _peak_memory(model: nn.Module, x: torch.Tensor, device: torch.device) -> tuple[int | None, str]:
+def peak_memory(model: nn.Module, x: torch.Tensor, device: torch.device) -> tuple[int | None, str]:
     """Peak memory of one forward (see the module docstring for what each method means)."""
     if device.type == "cuda":
-        _sync(device)
+        synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         model(x)
-        _sync(device)
+        synchronize(device)
         return (int(torch.cuda.max_memory_allocated(device) - before),
                 "torch.cuda.max_memory_allocated during one forward minus the allocated memory before it")
     gc.collect()  # free earlier garbage now: freed during the forward, it would offset the forward's growth
@@ -201,15 +201,15 @@ def measure_latency(model: nn.Module, *, size: int, batch: int = 1, channels_las
             gen = torch.Generator().manual_seed(0)
             x = torch.randn(batch, 3, size, size, generator=gen).to(device=dev, dtype=dt, memory_format=fmt)
             with torch.inference_mode():
-                peak, method = _peak_memory(model, x, dev)
+                peak, method = peak_memory(model, x, dev)
                 for _ in range(warmup):
                     model(x)
-                _sync(dev)
+                synchronize(dev)
                 times = []
                 for _ in range(repeats):
                     t0 = time.perf_counter()
                     model(x)
-                    _sync(dev)
+                    synchronize(dev)
                     times.append((time.perf_counter() - t0) * 1000.0)
             used_threads = torch.get_num_threads()
     finally:
