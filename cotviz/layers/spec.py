@@ -20,7 +20,7 @@ four is the same spec as naming none.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -50,7 +50,7 @@ class LayerSpec:
 
     name: str
     options: tuple[tuple[str, Any], ...] = ()
-    stages: frozenset[int] | None = field(default=None)
+    stages: frozenset[int] | None = None
 
     def __post_init__(self) -> None:
         entry = spatial_layer_type(self.name)
