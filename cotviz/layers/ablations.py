@@ -60,9 +60,10 @@ class _Unfused(CotLayer):
         maps = self.dim // self.share_planes // g  # attention maps per group, C/(8g)
         k = self.static_context(self.key_embed(x))  # (B, C, H, W)
         attn = self.embed(self._query_key(x, k))  # (B, KK*C/8, H, W)
-        attn = self.attention(attn.view(b * g, 1, maps, kk, h, w))  # (B*g, 1, C/(8g), KK, H, W)
-        v = self.conv1x1(x).view(b * g, c // g, h, w)  # (B*g, C/g, H, W)
-        v = self.local_conv(v, attn).view(b, c, h, w)  # (B, C, H, W)
+        # reshape, not view: for CoXt (g = 2) a channels-last tensor cannot merge B and the group without a copy
+        attn = self.attention(attn.reshape(b * g, 1, maps, kk, h, w))  # (B*g, 1, C/(8g), KK, H, W)
+        v = self.conv1x1(x).reshape(b * g, c // g, h, w)  # (B*g, C/g, H, W)
+        v = self.local_conv(v, attn).reshape(b, c, h, w)  # (B, C, H, W)
         return k, self.dynamic_context(self.act(self.bn(v)))
 
 

@@ -78,6 +78,17 @@ def test_forward_backward_every_parameter_gets_a_gradient(name: str, cardinality
         assert torch.isfinite(layer.eval()(x)).all()
 
 
+@pytest.mark.parametrize("cardinality", [1, 2])
+@pytest.mark.parametrize("name", OPERATORS)
+def test_channels_last_input_gives_the_same_output(name: str, cardinality: int) -> None:
+    layer = create_spatial_layer(name, C, cardinality=cardinality).eval()
+    x = torch.randn(2, C, 5, 6)
+    with torch.no_grad():
+        expected = layer(x)
+        got = layer(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", OPERATORS)
 def test_taps_present_fire_in_order_and_add_no_keys(name: str) -> None:
     layer = create_spatial_layer(name, C).eval()
