@@ -10,6 +10,7 @@ MAC-equivalent per element, as the official counter does for BN/ReLU/pools.
 conv                          ``N*Cout*Ho*Wo * Cin/groups * kh*kw`` (+ ``N*Cout*Ho*Wo`` for the bias)
 linear                        ``M*N*K`` (+ ``M*N`` bias) for addmm / mm / bmm
 local aggregation             ``C*k*k*Ho*Wo`` per sample, once (the module, not its internal kernels)
+local relation                ``heads*k*k*H*W * C/heads`` per sample (local self-attention's K ⊛ Q), once
 normalisation                 BatchNorm ``2*numel`` (folded scale+shift); Group/LayerNorm ``4*numel``
                               (``sum x``, ``sum x^2``, then one folded multiply-add per element)
 activation                    ReLU/SiLU/sigmoid/GELU ``numel``; softmax ``3*numel`` (exp, sum, divide)
@@ -41,9 +42,10 @@ from torch import Tensor, nn
 
 from cotviz.layers.aggregation import LocalAggregation
 from cotviz.layers.blur import BlurPool2d
+from cotviz.layers.self_attention import LocalRelation
 
 __all__ = [
-    "KINDS", "CONV", "LINEAR", "LOCAL_AGG", "NORM", "ACT", "POOL", "ELEMENTWISE", "DATA",
+    "KINDS", "CONV", "LINEAR", "LOCAL_AGG", "LOCAL_REL", "NORM", "ACT", "POOL", "ELEMENTWISE", "DATA",
     "OpRule", "ModuleRule", "OfficialRule", "complete_rule", "is_zero_cost", "official_count", "is_officially_counted", "opaque_rule",
     "module_kind_override",
 ]
@@ -51,13 +53,14 @@ __all__ = [
 CONV = "conv"
 LINEAR = "linear"
 LOCAL_AGG = "local aggregation"
+LOCAL_REL = "local relation"
 NORM = "normalisation"
 ACT = "activation"
 POOL = "pooling"
 ELEMENTWISE = "elementwise"
 DATA = "data movement"
 #: Operator types in report order.
-KINDS: tuple[str, ...] = (CONV, LINEAR, LOCAL_AGG, NORM, ACT, POOL, ELEMENTWISE, DATA)
+KINDS: tuple[str, ...] = (CONV, LINEAR, LOCAL_AGG, LOCAL_REL, NORM, ACT, POOL, ELEMENTWISE, DATA)
 
 aten = torch.ops.aten
 
@@ -179,6 +182,12 @@ def _local_agg(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> int:
     return int(output.numel() * module.kernel_size * module.kernel_size)
 
 
+def _local_rel(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> int:
+    # output (B, heads, K*K, H, W): every element is a dot product over the head's C/heads channels
+    assert isinstance(module, LocalRelation)
+    return int(output.numel() * (inputs[0].shape[1] // module.heads))
+
+
 def _by_type(table: dict[type[nn.Module], Any], module: nn.Module) -> Any:
     """The entry of the nearest class of ``module`` (its own, else a base class) in ``table``."""
     for cls in type(module).__mro__:
@@ -190,7 +199,8 @@ def _by_type(table: dict[type[nn.Module], Any], module: nn.Module) -> Any:
 
 #: Modules whose internals are one operator: counted once at module level, whatever runs inside (aten
 #: kernels or a registered custom op), their own ops not at all. Subclasses share their base's rule.
-_OPAQUE: dict[type[nn.Module], ModuleRule] = {LocalAggregation: (LOCAL_AGG, _local_agg)}
+_OPAQUE: dict[type[nn.Module], ModuleRule] = {LocalAggregation: (LOCAL_AGG, _local_agg),
+                                              LocalRelation: (LOCAL_REL, _local_rel)}
 #: Modules whose arithmetic ops all belong to one operator type (e.g. BlurPool's conv is pooling).
 _KIND_OVERRIDE: dict[type[nn.Module], str] = {BlurPool2d: POOL}
 

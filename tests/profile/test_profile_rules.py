@@ -271,3 +271,22 @@ def test_hooks_are_removed_after_success_and_failure() -> None:
     with pytest.raises(RuntimeError):
         count_model(conv, (1, 2, 5, 5))  # wrong channel count: the forward fails
     assert not conv._forward_hooks and not conv._forward_pre_hooks
+
+
+def test_local_relation_is_counted_once_at_its_module() -> None:
+    """sa's K ⊛ Q: every (head, window tap, position) output is a dot product over the head's C/heads channels."""
+    from cotviz.layers.self_attention import LocalRelation
+    from cotviz.profile.counting import count_model
+    from cotviz.profile.report import build_report
+
+    class Wrap(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rel = LocalRelation(heads=4, kernel_size=3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.rel(x, x)
+
+    rep = build_report(count_model(Wrap(), (2, 16, 5, 5)), model="rel")
+    macs = {o.type: o.macs for o in rep.operators if o.macs}
+    assert macs == {"local relation": 2 * 4 * 9 * 5 * 5 * (16 // 4)} and not rep.uncounted
