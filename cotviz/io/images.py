@@ -283,7 +283,7 @@ def _decode_error(path: Path, exc: BaseException) -> ImageError:
         )
     if isinstance(exc, MemoryError):
         return ImageError(f"cannot decode {_show(path)}: Pillow could not allocate memory for its pixels")
-    return ImageError(f"cannot decode {_show(path)}: {reason}")
+    return ImageError(f"cannot decode {_show(path)}: {reason} (damaged, or a variant of the format Pillow cannot read)")
 
 
 def _read_orientation(im: Image.Image) -> int:
