@@ -24,7 +24,6 @@ from cotviz.models.untrained import (
     calibrate_batchnorm,
     describe_model,
     finish_model,
-    load_model,
     make_untrained,
     new_model,
     pretrained_cfg_of,
@@ -111,23 +110,20 @@ def test_make_untrained_scales_the_residual_branches_and_is_deterministic() -> N
     assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)  # same seed, same network
 
 
-def test_new_model_is_the_seeded_build_with_live_or_zeroed_branches() -> None:
-    live = new_model("cotnet50", untrained=True, num_classes=10)
-    assert live.num_classes == 10 and not live.training
-    assert all(bool((bn(blk, "bn3").weight == 1).all()) for blk in live.modules() if isinstance(blk, Bottleneck))
-    official = create_model("cotnet50", seed=RANDOM_INIT_SEED, num_classes=10)  # zero_init_last_bn (the official init)
-    assert all(bool((bn(blk, "bn3").weight == 0).all()) for blk in official.modules() if isinstance(blk, Bottleneck))
-    assert torch.equal(official.state_dict()["conv1.weight"], live.state_dict()["conv1.weight"])  # same seeded draws
-
-
-def test_load_model_without_weights_is_the_untrained_demo_network() -> None:
-    loaded = load_model("CoTNet-50")
-    assert isinstance(loaded, LoadedModel) and loaded.name == "cotnet50" and loaded.untrained is True
-    assert loaded.weights is None and loaded.weights_label == "random init (untrained)"
-    assert not loaded.model.training and "UNTRAINED" in loaded.init
-    blk = loaded.model.get_submodule("layer3.0")
-    w = bn(blk, "bn3").weight
-    assert isinstance(blk, Bottleneck) and torch.equal(w, torch.full_like(w, 0.25))
+def test_new_then_finish_model_is_the_untrained_demo_network() -> None:
+    """The one full-size build of this module: new_model (live branches, bn3 = 1, seeded) -> finish_model without
+    weights (bn3 = RESIDUAL_SCALE, calibrated) -> the provenance every JSON carries."""
+    net = new_model("cotnet50", untrained=True, num_classes=10)
+    assert net.num_classes == 10 and not net.training
+    bottlenecks = [blk for blk in net.modules() if isinstance(blk, Bottleneck)]
+    assert len(bottlenecks) == 16 and all(bool((bn(blk, "bn3").weight == 1).all()) for blk in bottlenecks)
+    conv1 = net.state_dict()["conv1.weight"].clone()
+    loaded = finish_model(net, "cotnet50", None)
+    assert isinstance(loaded, LoadedModel) and loaded.model is net and loaded.name == "cotnet50"
+    assert loaded.untrained is True and loaded.weights is None and loaded.weights_label == "random init (untrained)"
+    assert not net.training and "UNTRAINED" in loaded.init
+    assert all(bool((bn(blk, "bn3").weight == RESIDUAL_SCALE).all()) for blk in bottlenecks)
+    assert torch.equal(net.state_dict()["conv1.weight"], conv1)  # only the BN weights and statistics change
     assert loaded.provenance() == {
         "name": "cotnet50", "init": loaded.init, "untrained": True, "zero_init_last_bn": False,
         "residual_scale": RESIDUAL_SCALE,
