@@ -7,7 +7,7 @@ names, labels, units and formulas. The formulas are written to the JSON metadata
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -26,6 +26,9 @@ class MapInfo:
         taps: capture taps the map needs.
         per_head: True for maps defined per attention head (mean over heads by default).
         cmap: matplotlib colour map name for figures.
+        by_attention: the definition for an operator whose attention tap holds something else than CoT's
+            GroupNorm output, by :attr:`cotviz.capture.Record.attention_normalization` (``"softmax"``: local
+            self-attention, whose A is already a distribution over the window).
     """
 
     name: str
@@ -35,24 +38,33 @@ class MapInfo:
     taps: tuple[str, ...]
     per_head: bool
     cmap: str
+    by_attention: Mapping[str, str] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready definition."""
-        return {"name": self.name, "label": self.label, "units": self.units, "formula": self.formula,
-                "taps": list(self.taps), "per_head": self.per_head}
+        out = {"name": self.name, "label": self.label, "units": self.units, "formula": self.formula,
+               "taps": list(self.taps), "per_head": self.per_head}
+        if self.by_attention:
+            out["formula_by_attention"] = dict(self.by_attention)
+        return out
 
 
 _INFO: tuple[MapInfo, ...] = (
     MapInfo("attention_energy", "attention energy", "||A||₂ over the k×k window (GroupNorm units)",
             "E(p) = sqrt(sum_j A_j(p)^2), A = GroupNorm output of embed (signed), j over the k*k window",
-            ("attention",), True, "magma"),
+            ("attention",), True, "magma",
+            {"softmax": "E(p) = sqrt(sum_j A_j(p)^2), A = softmax over the k*k window (local self-attention): "
+                        "1/k for a flat window, 1 when all weight is on one position"}),
     MapInfo("attention_entropy", "attention entropy (softmax over k×k)", "nats, 0 … ln k²",
             "H(p) = -sum_j p_j log p_j with p = softmax_j(A_j(p)) over the k*k window (A is not a "
             "distribution; this is the entropy of its softmax)",
-            ("attention",), True, "viridis"),
+            ("attention",), True, "viridis",
+            {"softmax": "H(p) = -sum_j A_j(p) log A_j(p): A is already a softmax over the k*k window (local "
+                        "self-attention), so its own entropy"}),
     MapInfo("center_weight", "centre weight (softmax over k×k)", "softmax share of the centre, 0 … 1",
             "c(p) = softmax_j(A_j(p))[centre]; 1/k^2 when the window is flat",
-            ("attention",), True, "cividis"),
+            ("attention",), True, "cividis",
+            {"softmax": "c(p) = A_centre(p): A is already a softmax over the k*k window (local self-attention)"}),
     MapInfo("static_energy", "static context energy", "RMS over channels of K1",
             "sqrt(mean_c K1_c(p)^2), K1 = key_embed(x) (k×k grouped conv, BN, ReLU)",
             ("static_context",), False, "inferno"),

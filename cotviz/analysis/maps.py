@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -65,7 +65,7 @@ class MapSpec(MapInfo):
     ``compute``: ``(record, head) -> (B, H, W)``.
     """
 
-    compute: MapFn
+    compute: MapFn = field(kw_only=True)
 
 
 def select_head(per_head: Tensor, head: int | None) -> Tensor:
@@ -104,6 +104,26 @@ def dynamic_share_map(static_context: Tensor, dynamic_context: Tensor, fusion_we
     return torch.where(total > 0, dyn / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total))
 
 
+def _window_probabilities(record: Record) -> Tensor:
+    """(B, M, K*K, H, W): the attention as a distribution over the window -- softmax(A) for CoT's GroupNorm
+    output, A itself for an operator whose attention already is a softmax (local self-attention)."""
+    a = record.heads("attention").float()
+    return a if record.attention_normalization == "softmax" else torch.softmax(a, dim=2)
+
+
+def _entropy(record: Record) -> Tensor:
+    p = _window_probabilities(record)  # (B, M, KK, H, W)
+    return -(p * p.clamp_min(torch.finfo(p.dtype).tiny).log()).sum(dim=2)  # (B, M, H, W); 0 log 0 = 0
+
+
+def _center(record: Record) -> Tensor:
+    p = _window_probabilities(record)  # (B, M, KK, H, W)
+    kk = p.shape[2]
+    if math.isqrt(kk) ** 2 != kk or math.isqrt(kk) % 2 == 0:
+        raise CaptureError(f"{record.name}: attention window has {kk} positions, not an odd square K*K; no centre")
+    return p[:, :, kk // 2]
+
+
 def _attention_map(stat: Callable[[Record], Tensor]) -> MapFn:
     def compute(record: Record, head: int | None) -> Tensor:
         return select_head(stat(record), head)
@@ -125,8 +145,8 @@ def _dynamic_share(record: Record, head: int | None) -> Tensor:
 
 _COMPUTE: dict[str, MapFn] = {
     "attention_energy": _attention_map(stats.attention_energy),
-    "attention_entropy": _attention_map(stats.attention_entropy),
-    "center_weight": _attention_map(stats.center_weight_share),
+    "attention_entropy": _attention_map(_entropy),
+    "center_weight": _attention_map(_center),
     "static_energy": _context_map("static_context"),
     "dynamic_energy": _context_map("dynamic_context"),
     "dynamic_share": _dynamic_share,
@@ -164,8 +184,14 @@ def map_key(block: str, name: str) -> str:
 
 def block_maps(record: Record, names: Sequence[str], head: int | None = None) -> dict[str, Tensor]:
     """The maps ``names`` of one record: ``{name: (B, H, W) float32 on the CPU}``."""
-    if not record.has_cot:
-        raise CaptureError(f"{record.name} is a {record.layer_type} block without a CoT layer; it has no CoT maps")
+    missing = {n: [t for t in MAPS[n].taps if getattr(record, t) is None] for n in names}
+    missing = {n: t for n, t in missing.items() if t}
+    if missing:
+        if not record.has_cot and record.attention is None and record.static_context is None:
+            raise CaptureError(f"{record.name} is a {record.layer_type} block without a CoT layer; it has no CoT maps")
+        first = next(iter(missing))
+        raise CaptureError(f"{record.name} ({record.layer_type}) has no {'/'.join(missing[first])}, so no {first} "
+                           f"map (unavailable for this operator)")
     return {n: MAPS[n].compute(record, head).float().cpu() for n in names}
 
 

@@ -174,6 +174,7 @@ class Capture(Mapping[str, Record]):
             kernel_size=site.kernel_size, num_heads=site.num_heads, groups=site.groups,
             share_planes=site.share_planes, input_size=input_size, feature_stride=stride,
             feature_size=size, pooled_before=site.pooled_before, blurred_after=site.blurred_after,
+            attention_normalization=site.attention_normalization,
         )
 
     def _install(self) -> None:

@@ -54,6 +54,7 @@ class Site:
     num_heads: int | None
     groups: int
     share_planes: int | None
+    attention_normalization: str | None = None
 
 
 def model_label(model: nn.Module) -> str:
@@ -88,10 +89,17 @@ def _op_stride(op: nn.Module | None) -> int:
     return int(s) if isinstance(s, int) else 1
 
 
+def _total_heads(op: nn.Module | None, taps: dict[str, Tap]) -> int | None:
+    """Attention maps per position over all groups (``dim / share_planes`` = C/8), or None without attention."""
+    dim, share = getattr(op, "dim", None), getattr(op, "share_planes", None)
+    if "attention" not in taps or not isinstance(dim, int) or not isinstance(share, int):
+        return None
+    return dim // share
+
+
 def _make_site(info: BlockInfo, block: nn.Module, op: nn.Module | None, layer_path: str,
                in_stride: int | None, network: str, input_module: nn.Module | None) -> Site:
     taps = _taps_of(op)
-    has_cot = len(taps) == len(TAP_NAMES)
     pooled = getattr(block, "avd", None) is not None
     blurred = getattr(block, "aa", None) is not None
     if in_stride is None:
@@ -102,14 +110,17 @@ def _make_site(info: BlockInfo, block: nn.Module, op: nn.Module | None, layer_pa
         map_stride = in_stride  # the operator runs at full resolution, BlurPool after it
     else:
         map_stride = in_stride * _op_stride(op)
-    groups = int(getattr(op, "cardinality", 1) or 1) if has_cot else int(getattr(op, "groups", 1) or 1)
-    share = getattr(op, "share_planes", None) if has_cot else None
+    attends = "attention" in taps
+    # attention groups: CoXt folds its groups into the batch of the attention tensor (cardinality); others have one
+    groups = int(getattr(op, "cardinality", 1) or 1) if attends else int(getattr(op, "groups", 1) or 1)
+    share = getattr(op, "share_planes", None) if attends else None
     dim = getattr(op, "dim", None)
-    heads = dim // share // groups if has_cot and isinstance(dim, int) and isinstance(share, int) else None
+    heads = dim // share // groups if attends and isinstance(dim, int) and isinstance(share, int) else None
     return Site(info=info, block=block, op=op, network=network, input_module=input_module,
                 layer_path=layer_path, tap_modules=taps, map_stride=map_stride,
                 pooled_before=pooled, blurred_after=blurred, kernel_size=_kernel_size(op), num_heads=heads,
-                groups=groups, share_planes=share if has_cot else None)
+                groups=groups, share_planes=share if attends else None,
+                attention_normalization=str(getattr(op, "attention_normalization", "groupnorm")) if attends else None)
 
 
 def _stages_of(mod: nn.Module) -> list[nn.Module]:
@@ -151,7 +162,8 @@ def _network_sites(prefix: str, net: nn.Module, stages: list[nn.Module], name_pr
             op = op if isinstance(op, nn.Module) else None
             taps = _taps_of(op)
             layer_type = type(op).__name__ if op is not None else type(block).__name__
-            info = BlockInfo(f"{name_prefix}stage{s}.block{b}", s, b, path, layer_type, len(taps) == len(TAP_NAMES))
+            info = BlockInfo(f"{name_prefix}stage{s}.block{b}", s, b, path, layer_type, len(taps) == len(TAP_NAMES),
+                             tuple(taps), _total_heads(op, taps))
             sites.append(_make_site(info, block, op, _join(path, "conv2") if op is not None else path,
                                     in_stride, prefix, net))
             if in_stride is not None:
@@ -181,7 +193,8 @@ def find_sites(model: nn.Module) -> list[Site]:
         block = parent[0] if parent is not None and parent[1] == "conv2" else op
         block_path = paths[id(block)]
         name = path or ROOT_NAME
-        info = BlockInfo(name, 0, n, block_path, type(op).__name__, True)
+        info = BlockInfo(name, 0, n, block_path, type(op).__name__, True, tuple(taps_of_op := _taps_of(op)),
+                         _total_heads(op, taps_of_op))
         sites.append(_make_site(info, block, op, path, 1 if block is model or op is model else None,
                                 name, None))
     return sites
@@ -266,19 +279,25 @@ def select_sites(model: nn.Module, sites: list[Site], stages: Iterable[int] | in
 
 
 def validate_taps(model: nn.Module, sites: list[Site], taps: Iterable[str] | str | None) -> tuple[str, ...]:
-    """The requested tap names in forward order; unknown names and CoT taps on a CoT-free model raise."""
+    """The requested tap names in forward order (None: every tap some layer of the model has); unknown names,
+    and taps no layer has, raise."""
+    exposed = {t for site in sites for t in site.tap_modules}
     if taps is None:
-        wanted = TAP_NAMES
+        wanted = TAP_NAMES if not exposed - {"output"} else tuple(n for n in TAP_NAMES if n in exposed | {"output"})
     else:
         items = [taps] if isinstance(taps, str) else list(taps)
         for t in items:
             if t not in TAP_NAMES:
                 raise CaptureError(f"unknown tap {t!r}; valid taps: {', '.join(TAP_NAMES)}")
         wanted = tuple(n for n in TAP_NAMES if n in items)
-    cot_taps = [t for t in wanted if t in COT_ONLY_TAPS]
-    if cot_taps and not any(s.info.has_cot for s in sites):
+    absent = [t for t in wanted if t in COT_ONLY_TAPS and t not in exposed]
+    if absent:
         kinds = ", ".join(dict.fromkeys(s.info.layer_type for s in sites)) or "no blocks"
-        raise CaptureError(f"{model_label(model)} has no CoT layers (its blocks use {kinds}), so it has no "
-                           f"{'/'.join(cot_taps)}; use a CoT model, or taps=['output'] or taps=[] "
-                           "for operator / block outputs only")
+        if not exposed - {"output"}:
+            raise CaptureError(f"{model_label(model)} has no CoT layers (its blocks use {kinds}), so it has no "
+                               f"{'/'.join(absent)}; use a CoT model, or taps=['output'] or taps=[] "
+                               "for operator / block outputs only")
+        have = ", ".join(t for t in TAP_NAMES if t in exposed)
+        raise CaptureError(f"{model_label(model)} has no layer with {'/'.join(absent)} (its blocks use {kinds}; "
+                           f"taps they have: {have}); ask for those taps only")
     return wanted

@@ -32,7 +32,9 @@ class BlockInfo:
     holds several CoT networks, ``"teacher.stage3.block2"``; ``"layer"`` / a module path for a CoT layer
     outside any ResNet-style network), ``stage`` 1..4 (0 outside a stage), ``block`` 1-based,
     ``module_path`` the block's path (``"layer3.1"``), ``layer_type`` the class name of its spatial
-    operator (``conv2``), ``has_cot`` whether that operator exposes the CoT taps.
+    operator (``conv2``), ``has_cot`` whether that operator exposes all five CoT taps, ``taps`` the taps it
+    exposes (``("attention", "output")`` for local self-attention, ``()`` for a plain conv), ``heads`` its
+    attention maps per position over all groups (C/8; None without an attention tap).
     """
 
     name: str
@@ -41,6 +43,8 @@ class BlockInfo:
     module_path: str
     layer_type: str
     has_cot: bool
+    taps: tuple[str, ...] = ()
+    heads: int | None = None
 
 
 def attention_heads(attn: Tensor, groups: int = 1) -> Tensor:
@@ -96,7 +100,9 @@ class Record:
     the network itself received, after anything a wrapper did first (an ``nn.Upsample`` in front) -- or of
     the model for a stage-0 record (None if that forward did not run); ``feature_stride`` input pixels per
     cell of the operator maps, relative to that input (16 for stage 3 of cotnet50), ``feature_size`` (H, W) of those maps, ``pooled_before`` / ``blurred_after``: the block
-    average-pools before the operator / blur-pools after it.
+    average-pools before the operator / blur-pools after it. ``attention_normalization``: what the attention
+    tap holds, ``"groupnorm"`` (CoT: signed, not a distribution) or ``"softmax"`` (local self-attention: a
+    distribution over the window); None without an attention tap.
     """
 
     name: str
@@ -121,6 +127,7 @@ class Record:
     feature_size: tuple[int, int] | None = None
     pooled_before: bool = False
     blurred_after: bool = False
+    attention_normalization: str | None = None
 
     @property
     def total_heads(self) -> int | None:
@@ -160,8 +167,8 @@ class Record:
           ``"fusion_weights"``: (B, G*M, S, 2), where ``[:, h]`` are the S = ``share_planes`` channels
           aggregated with head h (see :func:`channel_heads`).
         """
-        if not self.has_cot or self.num_heads is None:
-            raise CaptureError(f"{self.name} ({self.layer_type}) has no CoT layer, so no attention heads")
+        if self.num_heads is None:
+            raise CaptureError(f"{self.name} ({self.layer_type}) has no attention, so no attention heads")
         t = self.tensor(tensor_name)
         if tensor_name == "attention":
             return attention_heads(t, self.groups)

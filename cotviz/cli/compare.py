@@ -116,7 +116,8 @@ def compare(
         from cotviz.compare import compare_maps
 
         files = compare_maps([r.spec for r in result.rows], image, skeleton=result.skeleton, stage=stage,
-                             weights=_weights(weights), out_dir=fig_dir, format=fig_format.value)
+                             weights=_weights(weights), out_dir=fig_dir, format=fig_format.value,
+                             preprocess=None if size is None else {"size": size})
         print(f"wrote {files.figure}, {files.npz.name}, {files.json.name}", file=sys.stderr)
     if fmt is Format.table and out is None:
         render_table(result, console())

@@ -38,7 +38,9 @@ class Prepared:
             model's mean/std and rounded).
         crop_box: (left, top, right, bottom) of the model input in original pixels; None for a tensor.
         original_size: (W, H) of the original image; None for a tensor.
-        loaded: the decoded file (format, mode, EXIF orientation, reduction), if any.
+        input_format, input_mode: the file's (or PIL image's) format and mode; ``orientation``: the EXIF
+            orientation applied; ``reduction``: the decode reduction factor (None where it does not apply).
+            Only these facts of the decoded file are kept, not its pixels.
         uv: the point in model-input coordinates (pixel centre), when one was asked for.
     """
 
@@ -48,9 +50,10 @@ class Prepared:
     display: np.ndarray
     crop_box: tuple[float, float, float, float] | None
     original_size: tuple[int, int] | None
-    loaded: LoadedImage | None = None
-    pil_format: str | None = None
-    pil_mode: str | None = None
+    input_format: str | None = None
+    input_mode: str | None = None
+    orientation: int | None = None
+    reduction: int | None = None
     uv: tuple[float, float] | None = None
 
     @property
@@ -126,7 +129,11 @@ def prepare(image: ImageInput, cfg: PreprocessConfig, point: tuple[int, int] | N
     else:
         raise ImageError(f"cannot explain a {type(image).__name__}: pass a path, a PIL.Image, an (H, W, 3) uint8 "
                          "array or a preprocessed (3, S, S) tensor")
-    prep = Prepared(source, path, pre.tensor, pre.display, pre.crop_box, pre.original_size, loaded, fmt, mode)
+    prep = Prepared(source, path, pre.tensor, pre.display, pre.crop_box, pre.original_size, fmt, mode)
+    if loaded is not None:  # keep the file's facts, not its decoded pixels
+        prep.input_format, prep.input_mode = loaded.format, loaded.source_mode
+        prep.orientation, prep.reduction = loaded.orientation, loaded.reduction
+        del loaded
     if point is not None:
         x, y = point
         w, h = pre.original_size

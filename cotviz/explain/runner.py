@@ -84,10 +84,8 @@ def _geometry(rec: Record) -> BlockGeometry:
 def _input_info(prep: Prepared) -> InputInfo | None:
     if prep.crop_box is None:
         return None  # a tensor image: no original
-    if prep.loaded is not None:
-        ld = prep.loaded
-        return InputInfo(str(prep.path), prep.original_size, ld.format, ld.source_mode, ld.orientation, ld.reduction)
-    return InputInfo(None, prep.original_size, prep.pil_format, prep.pil_mode, None, None)
+    return InputInfo(None if prep.path is None else str(prep.path), prep.original_size, prep.input_format,
+                     prep.input_mode, prep.orientation, prep.reduction)
 
 
 class Explainer:

@@ -82,11 +82,6 @@ class Selection:
                 "Record.heads numbering)")
 
 
-def _heads(op: nn.Module) -> int:
-    """Attention maps per position of a CoT/CoXt layer over all its groups (C / share_planes)."""
-    return int(op.dim) // int(op.share_planes)  # type: ignore[arg-type]
-
-
 def select(model: nn.Module, *, stage: int = 3, blocks: Iterable[int] | None = None, head: int | None = None,
            maps: Iterable[str] | None = None, point: str | Sequence[int] | None = None,
            model_name: str | None = None) -> Selection:
@@ -104,38 +99,52 @@ def select(model: nn.Module, *, stage: int = 3, blocks: Iterable[int] | None = N
     stages = stage_range(model)
     if stage not in stages:
         raise InvalidArgumentError(f"stage {stage} out of range: {name} has stages {stages.start}..{stages.stop - 1}")
+    needed = taps_for(map_names, attention=xy is not None)
     every = cot_blocks(model)
+    networks = {b.name[: -len(f"stage{b.stage}.block{b.block}")] for b in every if b.stage}
+    if len(networks) > 1:
+        names = ", ".join(sorted(n.rstrip(".") for n in networks))
+        raise InvalidArgumentError(f"{name} holds {len(networks)} CoT networks ({names}); explain one of them "
+                                   "(pass that submodule)")
     infos = [b for b in every if b.stage == stage]
-    cot = [b.block for b in infos if b.has_cot]
-    if not cot:
+    usable = [b.block for b in infos if set(needed) <= set(b.taps)]
+    if not usable:
         kinds = ", ".join(dict.fromkeys(b.layer_type for b in infos))
-        with_cot = sorted({b.stage for b in every if b.has_cot})
-        hint = f"; stages with CoT layers: {', '.join(map(str, with_cot))}" if with_cot else ""
-        raise InvalidArgumentError(f"stage {stage} of {name} has no CoT layers (its blocks use {kinds}){hint}")
+        if not any(b.taps for b in infos):
+            with_cot = sorted({b.stage for b in every if b.has_cot})
+            hint = f"; stages with CoT layers: {', '.join(map(str, with_cot))}" if with_cot else ""
+            raise InvalidArgumentError(f"stage {stage} of {name} has no CoT layers (its blocks use {kinds}){hint}")
+        have = sorted({t for b in infos for t in b.taps})
+        raise InvalidArgumentError(f"the maps {', '.join(map_names)} need the taps {', '.join(needed)}; the blocks of "
+                                   f"stage {stage} of {name} ({kinds}) have {', '.join(have)}: choose maps from "
+                                   "those taps (see cotviz.analysis.catalog)")
     requested = list(blocks) if blocks is not None else []
-    chosen = tuple(dict.fromkeys(requested)) if requested else tuple(cot)
+    chosen = tuple(dict.fromkeys(requested)) if requested else tuple(usable)
     for b in chosen:
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= len(infos):
             raise InvalidArgumentError(f"block {b} out of range: stage {stage} of {name} has blocks 1..{len(infos)}")
-        if b not in cot:
-            layer = next(i.layer_type for i in infos if i.block == b)
-            raise InvalidArgumentError(f"block {b} of stage {stage} ({name}) is a {layer} block without a "
-                                       f"CoT layer; CoT blocks: {', '.join(map(str, cot))}")
+        if b not in usable:
+            info = next(i for i in infos if i.block == b)
+            if not info.taps:
+                raise InvalidArgumentError(f"block {b} of stage {stage} ({name}) is a {info.layer_type} block without "
+                                           f"a CoT layer; CoT blocks: {', '.join(map(str, usable))}")
+            missing = [t for t in needed if t not in info.taps]
+            raise InvalidArgumentError(f"block {b} of stage {stage} ({name}, {info.layer_type}) has no "
+                                       f"{'/'.join(missing)}, which the maps need; usable blocks: "
+                                       f"{', '.join(map(str, usable))}")
     chosen = tuple(sorted(chosen))
-    stage_module = model.get_submodule(infos[0].module_path.rsplit(".", 1)[0])
-    blocks_of_stage: list[nn.Module] = list(stage_module.children())
-    num_heads = min(_heads(blk.get_submodule("conv2")) for i, blk in enumerate(blocks_of_stage, start=1) if i in chosen)
+    num_heads = min(int(i.heads or 0) for i in infos if i.block in chosen)
     if head is not None and not 0 <= head < num_heads:
         raise InvalidArgumentError(f"head {head} out of range: stage {stage} of {name} has heads "
                                    f"0..{num_heads - 1} (C/8 attention maps per position)")
     capture_blocks = chosen
     if xy is not None:
-        missing = [b for b in range(1, max(chosen) + 1) if b not in cot]
-        if missing:
-            usable = missing[0] - 1  # blocks 1..usable all have CoT layers
-            hint = f"--block {usable}" if usable else "a stage whose first block uses CoT"
+        attending = [b.block for b in infos if "attention" in b.taps]
+        missing_blocks = [b for b in range(1, max(chosen) + 1) if b not in attending]
+        if missing_blocks:
+            usable_to = missing_blocks[0] - 1  # blocks 1..usable_to all have attention
+            hint = f"--block {usable_to}" if usable_to else "a stage whose first block uses CoT"
             raise InvalidArgumentError(f"--point composes blocks 1..{max(chosen)} of stage {stage}, but block "
-                                       f"{missing[0]} ({name}) has no CoT layer; use {hint}")
+                                       f"{missing_blocks[0]} ({name}) has no CoT layer; use {hint}")
         capture_blocks = tuple(range(1, max(chosen) + 1))
-    return Selection(stage, chosen, capture_blocks, head, num_heads, map_names,
-                     taps_for(map_names, attention=xy is not None), xy)
+    return Selection(stage, chosen, capture_blocks, head, num_heads, map_names, needed, xy)

@@ -49,6 +49,9 @@ class CotLayer(nn.Module):
     Shapes: (B, C, H, W) -> (B, C, H, W).
     """
 
+    #: What the ``attention`` tap holds: GroupNorm outputs (signed; not a distribution over the window).
+    attention_normalization = "groupnorm"
+
     def __init__(self, dim: int, kernel_size: int = 3, *, key_kernel_size: int | None = None,
                  share_planes: int = 8, factor: int = 2,
                  key_groups: int = 4, radix: int = 2, reduction_factor: int = 4, min_attn_chs: int = 32,

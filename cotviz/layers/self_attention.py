@@ -62,6 +62,9 @@ class LocalSelfAttention(nn.Module):
     ``bn.*``.
     """
 
+    #: What the ``attention`` tap holds: a softmax over the k x k window (a distribution per head and pixel).
+    attention_normalization = "softmax"
+
     def __init__(self, dim: int, kernel_size: int = 3, *, share_planes: int = 8, groups: int = 1,
                  act_layer: type[nn.Module] = nn.ReLU) -> None:
         super().__init__()

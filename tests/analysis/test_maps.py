@@ -146,4 +146,6 @@ def test_map_statistics_and_non_cot_records() -> None:
     with torch.inference_mode(), capture(model, stages=[3], taps=["output"]) as cap:
         model(torch.randn(1, 3, 64, 64))
     with pytest.raises(CaptureError, match="without a CoT layer"):
-        block_maps(cap["stage3.block2"], ["output_energy"])
+        block_maps(cap["stage3.block2"], ["attention_entropy"])
+    # the operator's output exists for every operator: its energy is a map of any block
+    assert block_maps(cap["stage3.block2"], ["output_energy"])["output_energy"].shape == (1, 4, 4)

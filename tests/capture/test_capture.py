@@ -129,7 +129,7 @@ def test_se_cotnetd_split_attention_blocks_record_what_they_have(make_tiny: Make
     se = cap["stage3.block2"]
     assert se.taps == ("output",) and se.output.shape == (2, 64, 4, 4) and se.block_output.shape == (2, 1024, 4, 4)
     assert se.attention is None and se.num_heads is None
-    with pytest.raises(cotviz.CotvizError, match="no CoT layer"):
+    with pytest.raises(cotviz.CotvizError, match="has no attention"):
         se.heads()
     assert cap["stage3.block1"].attention.shape == (2, 1, 8, 9, 4, 4)
     assert [(b.name, b.has_cot) for b in cot_blocks(model)] == [(r.name, r.has_cot) for r in cap.values()]

@@ -31,13 +31,14 @@ RUNS = {
            "--format", "svg", "--scale", "per-panel"], "coffee_cotnet50_stage2", "svg"),
 }
 ADDED = {"schema_version", "nonfinite"}  # top-level fields added since v0
+NESTED_ADDED = {"top5", "formula_by_attention"}  # fields added inside sections since v0
 PATHS = {"outputs", "out_dir", "figure", "npz", "json"}  # where a run wrote its files
 
 
 def _strip(obj: Any) -> Any:
     """``obj`` without the added fields and the run's own output paths."""
     if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in ADDED | PATHS and k != "top5"}
+        return {k: _strip(v) for k, v in obj.items() if k not in ADDED | PATHS | NESTED_ADDED}
     if isinstance(obj, list):
         return [_strip(v) for v in obj]
     return obj
