@@ -171,7 +171,7 @@ class Capture(Mapping[str, Record]):
             block_output=block_output, static_context=slot.get("static_context"),
             attention=slot.get("attention"), dynamic_context=slot.get("dynamic_context"),
             fusion_weights=slot.get("fusion_weights"), output=slot.get("output"),
-            kernel_size=site.kernel_size, num_heads=site.num_heads, groups=site.groups,
+            kernel_size=site.kernel_size, heads_per_group=site.heads_per_group, groups=site.groups,
             share_planes=site.share_planes, input_size=input_size, feature_stride=stride,
             feature_size=size, pooled_before=site.pooled_before, blurred_after=site.blurred_after,
             attention_normalization=site.attention_normalization,

@@ -51,7 +51,7 @@ class Site:
     pooled_before: bool
     blurred_after: bool
     kernel_size: int | None
-    num_heads: int | None
+    heads_per_group: int | None
     groups: int
     share_planes: int | None
     attention_normalization: str | None = None
@@ -118,7 +118,7 @@ def _make_site(info: BlockInfo, block: nn.Module, op: nn.Module | None, layer_pa
     heads = dim // share // groups if attends and isinstance(dim, int) and isinstance(share, int) else None
     return Site(info=info, block=block, op=op, network=network, input_module=input_module,
                 layer_path=layer_path, tap_modules=taps, map_stride=map_stride,
-                pooled_before=pooled, blurred_after=blurred, kernel_size=_kernel_size(op), num_heads=heads,
+                pooled_before=pooled, blurred_after=blurred, kernel_size=_kernel_size(op), heads_per_group=heads,
                 groups=groups, share_planes=share if attends else None,
                 attention_normalization=str(getattr(op, "attention_normalization", "groupnorm")) if attends else None)
 

@@ -119,7 +119,7 @@ class Record:
     fusion_weights: Tensor | None = None
     output: Tensor | None = None
     kernel_size: int | None = None
-    num_heads: int | None = None
+    heads_per_group: int | None = None
     groups: int = 1
     share_planes: int | None = None
     input_size: tuple[int, int] | None = None
@@ -131,8 +131,8 @@ class Record:
 
     @property
     def total_heads(self) -> int | None:
-        """Attention maps per position over all groups: ``groups * num_heads`` (= C/8)."""
-        return None if self.num_heads is None else self.groups * self.num_heads
+        """Attention maps per position over all groups: ``groups * heads_per_group`` (= C/8)."""
+        return None if self.heads_per_group is None else self.groups * self.heads_per_group
 
     @property
     def taps(self) -> tuple[str, ...]:
@@ -167,12 +167,12 @@ class Record:
           ``"fusion_weights"``: (B, G*M, S, 2), where ``[:, h]`` are the S = ``share_planes`` channels
           aggregated with head h (see :func:`channel_heads`).
         """
-        if self.num_heads is None:
+        if self.heads_per_group is None:
             raise CaptureError(f"{self.name} ({self.layer_type}) has no attention, so no attention heads")
         t = self.tensor(tensor_name)
         if tensor_name == "attention":
             return attention_heads(t, self.groups)
-        return channel_heads(t, self.num_heads, self.groups)
+        return channel_heads(t, self.heads_per_group, self.groups)
 
     def __repr__(self) -> str:
         parts = [f"{f.name}={tuple(getattr(self, f.name).shape)}" if isinstance(getattr(self, f.name), Tensor)

@@ -28,7 +28,7 @@ def test_keys_in_forward_order_with_all_fields(make_tiny: MakeTiny, image: torch
         "stage3.block2", 3, 2, "layer3.1", "layer3.1.conv2")
     assert (rec.layer_type, rec.has_cot, rec.kernel_size, rec.groups, rec.share_planes) == ("CotLayer", True, 3, 1, 8)
     c = model.layer3[1].conv2.dim  # 64
-    assert rec.num_heads == c // 8 and rec.total_heads == c // 8
+    assert rec.heads_per_group == c // 8 and rec.total_heads == c // 8
     assert rec.static_context.shape == (2, c, 4, 4)
     assert rec.attention.shape == (2, 1, c // 8, 9, 4, 4)
     assert rec.dynamic_context.shape == (2, c, 4, 4)
@@ -89,7 +89,7 @@ def test_cotnext_shapes_and_group_major_heads(make_tiny: MakeTiny, image: torch.
     c = model.layer3[1].conv2.dim
     m = c // 16
     assert isinstance(model.layer3[1].conv2, CoXtLayer)
-    assert (rec.layer_type, rec.groups, rec.num_heads, rec.total_heads) == ("CoXtLayer", 2, m, 2 * m)
+    assert (rec.layer_type, rec.groups, rec.heads_per_group, rec.total_heads) == ("CoXtLayer", 2, m, 2 * m)
     assert rec.attention.shape == (4, 1, m, 9, 4, 4)  # (2B, 1, C/16, K*K, H, W)
     heads = rec.heads()
     assert heads.shape == (2, 2 * m, 9, 4, 4)
@@ -112,7 +112,7 @@ def test_cot_heads_interleave_channels(make_tiny: MakeTiny, image: torch.Tensor)
     with capture(model, stages=[2]) as cap:
         model(image)
     rec = cap["stage2.block1"]
-    m = rec.num_heads
+    m = rec.heads_per_group
     assert torch.equal(rec.heads(), rec.attention[:, 0])
     out = rec.heads("output")  # channel c uses map c % M
     assert torch.equal(out[1, 2, 5], rec.output[1, 5 * m + 2])
@@ -128,7 +128,7 @@ def test_se_cotnetd_split_attention_blocks_record_what_they_have(make_tiny: Make
         ("stage4.block1", "CotLayer", True)]
     se = cap["stage3.block2"]
     assert se.taps == ("output",) and se.output.shape == (2, 64, 4, 4) and se.block_output.shape == (2, 1024, 4, 4)
-    assert se.attention is None and se.num_heads is None
+    assert se.attention is None and se.heads_per_group is None
     with pytest.raises(cotviz.CotvizError, match="has no attention"):
         se.heads()
     assert cap["stage3.block1"].attention.shape == (2, 1, 8, 9, 4, 4)
