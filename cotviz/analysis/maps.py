@@ -95,13 +95,14 @@ def dynamic_share_map(static_context: Tensor, dynamic_context: Tensor, fusion_we
 
         share(p) = sum_c (a_c0 K2_c(p))^2 / sum_c [(a_c0 K2_c(p))^2 + (a_c1 K1_c(p))^2]
 
-    in ``[0, 1]`` (0 where both branches are zero). Shapes: K1, K2 (B, C, H, W), a (B, C, 2) -> (B, H, W).
+    in ``[0, 1]`` (0 where both branches are zero; NaN where either is not finite). Shapes: K1, K2 (B, C, H, W), a (B, C, 2) -> (B, H, W).
     """
     a = fusion_weights.float()
     dyn = (a[:, :, 0, None, None] * dynamic_context.float()).square().sum(dim=1)  # (B, H, W)
     sta = (a[:, :, 1, None, None] * static_context.float()).square().sum(dim=1)  # (B, H, W)
     total = dyn + sta
-    return torch.where(total > 0, dyn / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total))
+    share = torch.where(total > 0, dyn / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total))
+    return torch.where(torch.isfinite(total), share, torch.full_like(total, math.nan))  # NaN/Inf stays visible
 
 
 def _window_probabilities(record: Record) -> Tensor:

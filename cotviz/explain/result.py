@@ -45,6 +45,7 @@ import numpy as np
 
 from cotviz._version import __version__
 from cotviz.analysis.maps import MAPS, map_key, map_statistics
+from cotviz.errors import InvalidArgumentError
 from cotviz.explain.selection import Point, Selection
 from cotviz.io import PreprocessConfig
 from cotviz.io.outputs import FigureFormat, OutputPaths, output_bases, save_figure, write_json, write_npz
@@ -375,7 +376,11 @@ class Explanation:
         """
         from cotviz.io.outputs import ensure_out_dir
 
-        fmt = FigureFormat(format).value
+        try:
+            fmt = FigureFormat(format).value
+        except ValueError:
+            raise InvalidArgumentError(f"unknown figure format {format!r}; choose one of "
+                                       f"{', '.join(f.value for f in FigureFormat)}") from None
         out = OutputPaths(ensure_out_dir(out_dir), base or self.default_base(), fmt)
         fig = self.figure(scale=scale, dpi=dpi)
         save_figure(fig, out.figure, fmt, dpi=dpi)

@@ -58,6 +58,16 @@ class UntrainedModelWarning(UserWarning):
     """The maps come from the untrained demo network (no weights were given)."""
 
 
+def _caller_level() -> int:
+    """``stacklevel`` of the first frame outside cotviz (a warning then points at the user's own line)."""
+    import sys
+
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("cotviz"):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level
+
+
 def untrained_message(name: str) -> str:
     return f"no weights given: the maps show an UNTRAINED {name}: {UNTRAINED_NOTE}"
 
@@ -151,7 +161,7 @@ class Explainer:
         if isinstance(model, str):
             self.loaded: LoadedModel = finish_model(net, name, weights)
             if self.loaded.untrained:
-                warnings.warn(untrained_message(name), UntrainedModelWarning, stacklevel=2)
+                warnings.warn(untrained_message(name), UntrainedModelWarning, stacklevel=_caller_level())
         elif isinstance(model, LoadedModel):
             self.loaded = model  # built by cotviz.models.untrained: it knows how its weights came about
         else:
