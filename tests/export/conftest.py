@@ -17,6 +17,14 @@ from torch import Tensor, nn
 
 from cotviz import create_model
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "slow: over 10 s on a loaded 2-core machine (inductor's C++ compilation, torch.export with dynamic "
+        "shapes, the dynamo ONNX exporter); "
+        "deselect with -m 'not slow'")
+
+
 #: The smallest network of each variant family: one block per stage, base width 16, 10 classes.
 TINY = dict(layers=[1, 1, 1, 1], base_width=16, num_classes=10, zero_init_last_bn=False)
 

@@ -51,6 +51,7 @@ def _assert_parity(model: nn.Module, path: Path, batches: tuple[int, ...]) -> No
         assert float((got - expected).abs().max()) <= TOL * max(1.0, float(expected.abs().max())), f"batch {b}"
 
 
+@pytest.mark.slow  # 20-65 s on a shared 2-core machine: torch.export, decompositions, onnxscript's optimizer
 def test_dynamo_exporter_dynamic_batch_compact_graph(live_net: Callable[[str], nn.Module], images: Tensor,
                                                     tmp_path: Path) -> None:
     model = live_net("cotnet50")
