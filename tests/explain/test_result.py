@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import cotviz
-from cotviz.errors import OutputError
+from cotviz.errors import InvalidArgumentError, OutputError
 from cotviz.explain import SCHEMA_VERSION, Explanation, UntrainedModelWarning, explain
 from cotviz.explain import result as result_module
 from cotviz.io.outputs import OutputPaths, json_text
@@ -190,7 +190,7 @@ def test_save_writes_figure_npz_and_json_atomically_with_deterministic_names(sma
         assert paths.figure == out / f"custom.{fmt}" and paths.figure.read_bytes().startswith(magic)
         assert json.loads(paths.json.read_text())["scale"] == "per-panel"
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
-    with pytest.raises(ValueError, match="gif"):
+    with pytest.raises(InvalidArgumentError, match="unknown figure format .gif.; choose one of png, svg, pdf"):
         small.save(out, "gif")
     with pytest.raises(OutputError, match="is an existing file"):
         small.save(first.npz, "png")
