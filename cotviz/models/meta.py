@@ -42,6 +42,7 @@ RECORDED_FIGURES: dict[str, ModelFigures] = {
     "se_cotnetd_270": ModelFigures(83_380_648, 31),
     "resnet50": ModelFigures(25_557_032, 0),
     "resnet101": ModelFigures(44_549_160, 0),
+    "cotnet_demo": ModelFigures(463_008, 4),
 }
 
 

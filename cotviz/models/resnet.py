@@ -247,6 +247,8 @@ class CoTResNet(nn.Module):
             avg-pool before it) or ``"blur"`` (BlurPool after it).
         drop_rate, drop_path_rate: classifier dropout and stochastic-depth rate.
         zero_init_last_bn: zero the last BN of each block at init (official default).
+        stage_planes: bottleneck planes of ``layer1..layer4`` (official ``64, 128, 256, 512``; a stage outputs
+            4x its planes). Smaller values give the narrow demo networks (``cotnet_demo``).
     """
 
     def __init__(self, layers: Sequence[int], *, num_classes: int = 1000, in_chans: int = 3,
@@ -254,10 +256,13 @@ class CoTResNet(nn.Module):
                  stem_pool: bool = True, avg_down: bool = False,
                  spatial_layer: str | LayerSpec | SpatialRouting = "cot", act_layer: str | type[nn.Module] = "relu",
                  spatial_act_layer: str | type[nn.Module] = "relu", downsample_mode: str = "op",
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, zero_init_last_bn: bool = True) -> None:
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, zero_init_last_bn: bool = True,
+                 stage_planes: Sequence[int] = (64, 128, 256, 512)) -> None:
         super().__init__()
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
             raise ValueError(f"layers must be 4 positive block counts, got {list(layers)}")
+        if len(stage_planes) != 4 or any(int(n) < 1 for n in stage_planes):
+            raise ValueError(f"stage_planes must be 4 positive plane counts, got {list(stage_planes)}")
         self.stem_cfg = StemCfg.from_type(stem_type, stem_width)
         check_downsample_mode(downsample_mode)
         act = get_act_layer(act_layer)
@@ -277,7 +282,7 @@ class CoTResNet(nn.Module):
 
         net_blocks = sum(self.layers)
         block_no = 0
-        for stage, (planes, depth) in enumerate(zip((64, 128, 256, 512), self.layers, strict=True), start=1):
+        for stage, (planes, depth) in enumerate(zip([int(n) for n in stage_planes], self.layers, strict=True), start=1):
             stride = 1 if (stage == 1 and stem_pool) else 2
             outplanes = planes * Bottleneck.expansion
             blocks = []

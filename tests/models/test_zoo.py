@@ -80,6 +80,8 @@ def small_kwargs(name: str) -> dict[str, Any]:
     sets scaled to ``base_width=16`` (official ``conv_dim={64,128}, c4_dim=256`` at width 64), so that it
     has split-attention blocks (layer1.0, layer2.0, layer3.1) and CoT blocks (layer3.0, layer4.0).
     """
+    if "demo" in model_entry(name).tags:  # already small (one block per stage, planes 16..128)
+        return {}
     if _is_hybrid(name):
         return dict(layers=[1, 1, 2, 1], base_width=16,
                     block_args=dict(conv_dim={16, 32}, c4_dim=64, c4_idx={0}))
