@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 __all__ = ["DEBUG", "FLAG", "Command", "Group", "console", "err_console", "fail", "handle_errors", "print_json",
-           "route_warnings"]
+           "route_warnings", "write_output"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -140,6 +140,20 @@ def handle_errors(fn: F) -> F:
             raise fail(f"{type(err).__name__}: {err} (run with --debug for the traceback)") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def write_output(text: str, out: Any) -> None:
+    """``text`` to the file ``out`` (a Path; "wrote ..." on stderr) or, when ``out`` is None, to stdout."""
+    from cotviz.errors import OutputError
+
+    if out is None:
+        sys.stdout.write(text)
+        return
+    try:
+        out.write_text(text)
+    except OSError as err:
+        raise OutputError(f"--out {out}: cannot write ({err.strerror or err})") from None
+    print(f"wrote {out}", file=sys.stderr)
 
 
 def print_json(data: Any) -> None:

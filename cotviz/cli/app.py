@@ -11,6 +11,7 @@ from cotviz.cli import attention as attention_cmd
 from cotviz.cli import compare as compare_cmd
 from cotviz.cli import models as models_cmd
 from cotviz.cli import profile as profile_cmd
+from cotviz.cli import sanity as sanity_cmd
 from cotviz.cli._common import DEBUG, FLAG, Command, Group, defer_gc
 
 app = typer.Typer(
@@ -43,6 +44,7 @@ app.command("models", cls=Command)(models_cmd.models)
 app.command("profile", cls=Command)(profile_cmd.profile)
 app.command("attention", cls=Command)(attention_cmd.attention)
 app.command("compare", cls=Command)(compare_cmd.compare)
+app.command("sanity", cls=Command)(sanity_cmd.sanity)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from cotviz.cli._common import FLAG, console, handle_errors, settle_gc
+from cotviz.cli._common import FLAG, console, handle_errors, settle_gc, write_output
 from cotviz.formats import FigureFormat
 
 __all__ = ["compare", "split_specs"]
@@ -122,12 +122,4 @@ def compare(
     if fmt is Format.table and out is None:
         render_table(result, console())
         return
-    text = RENDERERS["markdown" if fmt is Format.table else fmt.value](result)
-    if out is not None:
-        try:
-            out.write_text(text)
-        except OSError as err:
-            raise OutputError(f"--out {out}: cannot write ({err.strerror or err})") from None
-        print(f"wrote {out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    write_output(RENDERERS["markdown" if fmt is Format.table else fmt.value](result), out)

@@ -63,7 +63,8 @@ UNTRAINED_NOTE = (f"random weights (seed {RANDOM_INIT_SEED}; zero_init_last_bn=F
 
 def calibrate_batchnorm(model: nn.Module, *, mean_std: tuple[Sequence[float], Sequence[float]],
                         seed: int = RANDOM_INIT_SEED, batch: int = CALIBRATION_BATCH,
-                        side: int = CALIBRATION_SIDE) -> None:
+                        side: int = CALIBRATION_SIDE,
+                        norms: Sequence[nn.modules.batchnorm._BatchNorm] | None = None) -> None:
     """Set every BatchNorm's running statistics from one train-mode pass over fixed smooth random images.
 
     Data-dependent initialisation (cf. Mishkin & Matas, "All you need is a good init", ICLR 2016). The
@@ -71,6 +72,9 @@ def calibrate_batchnorm(model: nn.Module, *, mean_std: tuple[Sequence[float], Se
     (0, 1) like photographs and normalised with ``mean_std``: (``batch``, 3, side, side), independent of the
     user's inputs, so the same seed gives the same network. Only the running statistics change; the model's
     train/eval flag and every BN's momentum are restored.
+
+    ``norms``: calibrate only these BatchNorms (the rest of the network runs in eval mode, its statistics
+    untouched: what ``cotviz sanity`` does after re-initialising some blocks of a trained network).
     """
     gen = torch.Generator().manual_seed(seed)
     coarse = torch.randn(batch, 3, max(1, side // 16), max(1, side // 16), generator=gen)  # (B, 3, s/16, s/16)
@@ -82,20 +86,25 @@ def calibrate_batchnorm(model: nn.Module, *, mean_std: tuple[Sequence[float], Se
     std = torch.tensor(mean_std[1]).view(1, 3, 1, 1)  # (1, 3, 1, 1)
     x = (pixels - mean) / std  # (B, 3, s, s), normalised like a model input
     device = next(model.parameters()).device
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    every = norms is None
+    if norms is None:
+        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
-    was_training = model.training
+    modes = [m.training for m in model.modules()]
     try:
         for m in norms:
             m.reset_running_stats()
             m.momentum = None  # cumulative average: after one batch, running stats = that batch's stats
-        model.train()
+        model.train(every)
+        for m in norms:
+            m.train()
         with torch.no_grad():
             model(x.to(device))
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
-        model.train(was_training)
+        for module, mode in zip(model.modules(), modes, strict=True):
+            module.training = mode
 
 
 def pretrained_cfg_of(model: nn.Module) -> PretrainedCfg:
