@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "heldout": f"ShapesDataset({args.final_samples}, seed={args.eval_seed}, size={final.size})",
             "train": f"ShapesDataset({args.samples}, seed={args.seed}, size={final.size})", "train_seconds": round(train_seconds, 1),
             "images_per_second": round(args.samples / max(train_seconds, 1e-9), 1), "command": command,
-            "torch": torch.__version__, "weights_sha256": state_dict_sha256(half), "curve": json.dumps(curve)}
+            "torch": str(torch.__version__), "weights_sha256": state_dict_sha256(half), "curve": json.dumps(curve)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": half, "arch": args.model, "epoch": 1, "metric": acc16, "meta": meta}, args.out)
     print(json.dumps({k: v for k, v in meta.items() if k != "curve"}, indent=1), flush=True)

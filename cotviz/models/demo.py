@@ -19,7 +19,9 @@ __all__ = ["DEMO_WEIGHTS", "WEIGHTS_DIR", "demo_weights"]
 DEMO = "demo"
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 #: model name -> (file in :data:`WEIGHTS_DIR`, sha256 of the file).
-DEMO_WEIGHTS: dict[str, tuple[str, str]] = {}
+DEMO_WEIGHTS: dict[str, tuple[str, str]] = {
+    "cotnet_demo": ("cotnet_demo.pth", "cbae77dba97ce0c87f386dd8895b1742c7c916952419fe46ae440c7effe38805"),
+}
 
 
 def demo_weights(model_name: str) -> Path:

@@ -43,6 +43,8 @@ RECORDED_FIGURES: dict[str, ModelFigures] = {
     "resnet50": ModelFigures(25_557_032, 0),
     "resnet101": ModelFigures(44_549_160, 0),
     "cotnet_demo": ModelFigures(463_008, 4),
+    "resnet_demo": ModelFigures(515_830, 0),
+    "sa_demo": ModelFigures(385_558, 0),
 }
 
 

@@ -97,7 +97,7 @@ def test_dataloader_with_workers_gives_the_same_batches() -> None:
 
 def test_written_png_preprocesses_to_the_dataset_tensor(tmp_path) -> None:
     """The demo cfg reads a written PNG back into exactly the tensor the dataset yields (no resize, no crop)."""
-    ds = ShapesDataset(2, seed=1)
+    ds = ShapesDataset(2, seed=1, size=model_entry("cotnet_demo").pretrained_cfg.image_size)
     paths = ds.write_folder(tmp_path)
     assert [p.name for p in paths] == [f"0000{i}_{CLASS_NAMES[ds.labels[i]]}.png" for i in range(2)]
     cfg = PreprocessConfig.from_pretrained_cfg(model_entry("cotnet_demo").pretrained_cfg.to_dict())
@@ -112,7 +112,7 @@ def test_written_png_preprocesses_to_the_dataset_tensor(tmp_path) -> None:
 def test_demo_model_matches_dataset() -> None:
     entry = model_entry("cotnet_demo")
     assert entry.pretrained_cfg.num_classes == len(CLASS_NAMES)
-    assert entry.pretrained_cfg.image_size == ShapesDataset(1, seed=0).size
+    assert entry.pretrained_cfg.crop_pct == 1.0 and ShapesDataset(1, seed=0).size == 128  # the issue's default
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -22,6 +22,7 @@ from torch import nn
 
 from cotviz.errors import CotvizError, InvalidArgumentError, UnknownModelError
 from cotviz.layers import BlurPool2d, ConvBnAct, CotLayer, CoXtLayer, LayerSpec, SplitAttnConv2d
+from cotviz.layers.self_attention import LocalSelfAttention
 from cotviz.models import (
     Bottleneck,
     CoTResNet,
@@ -264,6 +265,8 @@ def test_small_model_structure(name: str) -> None:
         assert any(isinstance(m, BlurPool2d) for m in model.modules()) == (name in BLUR_VARIANTS)
     elif "cot" in tags:
         assert ops == [CoXtLayer if "coxt" in tags else CotLayer] * 4
+    elif "sa" in tags:
+        assert ops == [LocalSelfAttention] * 4
     else:
         assert ops == [ConvBnAct] * 4
 
