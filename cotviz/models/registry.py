@@ -1,16 +1,20 @@
 """Model registry: ``@register_model`` entrypoints, aliases, ``list_models`` and ``create_model``.
 
 A variant is a few lines (timm ``resnet.py`` style): a function that builds its argument dict and calls
-one builder. Aliases live here, not in if-chains; duplicate names are refused.
+one builder. Aliases live here, not in if-chains; duplicate names are refused. The variants register
+themselves when ``cotviz.models.zoo`` is imported (the package ``cotviz.models`` does it); the registry never
+imports them, and checkpoint loading never imports the registry: ``create_model(weights=...)`` hands it
+:func:`registered_shapes` for its "it looks like <variant>" messages.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +22,11 @@ import torch
 from torch import nn
 
 from cotviz.errors import InvalidArgumentError, UnknownModelError
+from cotviz.models.checkpoint import load_checkpoint
 from cotviz.models.configs import PaperResult, PretrainedCfg
 
-__all__ = ["ModelEntry", "create_model", "list_models", "model_entry", "register_model", "resolve_name"]
+__all__ = ["ModelEntry", "create_model", "list_models", "model_entry", "register_model", "registered_shapes",
+           "resolve_name"]
 
 ModelBuilder = Callable[..., nn.Module]
 
@@ -66,13 +72,8 @@ def register_model(*, aliases: tuple[str, ...] = (), pretrained_cfg: PretrainedC
     return deco
 
 
-def _ensure_loaded() -> None:
-    import cotviz.models.zoo  # noqa: F401  (registers the variants)
-
-
 def list_models(pattern: str = "*", *, include_aliases: bool = False) -> list[str]:
     """Registered model names matching a shell-style ``pattern`` (case-insensitive), in registry order."""
-    _ensure_loaded()
     names = list(_ENTRIES)
     if include_aliases:
         names += [a for e in _ENTRIES.values() for a in e.aliases]
@@ -82,7 +83,6 @@ def list_models(pattern: str = "*", *, include_aliases: bool = False) -> list[st
 
 def resolve_name(name: str) -> str:
     """Canonical name of a model name or alias; unknown names suggest the closest ones."""
-    _ensure_loaded()
     try:
         return _LOOKUP[_norm(name)]
     except KeyError:
@@ -94,6 +94,39 @@ def resolve_name(name: str) -> str:
 def model_entry(name: str) -> ModelEntry:
     """The registry entry of a model name or alias."""
     return _ENTRIES[resolve_name(name)]
+
+
+class _RegisteredShapes(Mapping[str, dict[str, tuple[int, ...]]]):
+    """``{name: {state_dict key: shape}}`` of every registered variant in registry order, each built on the
+    meta device (no memory) the first time it is looked at and remembered."""
+
+    def __init__(self) -> None:
+        self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+
+    def __getitem__(self, name: str) -> dict[str, tuple[int, ...]]:
+        if name not in _ENTRIES:
+            raise KeyError(name)
+        if name not in self._shapes:
+            with torch.device("meta"):
+                model = _ENTRIES[name].builder()
+            self._shapes[name] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return self._shapes[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(_ENTRIES))
+
+    def __len__(self) -> int:
+        return len(_ENTRIES)
+
+
+_SHAPES = _RegisteredShapes()
+
+
+def registered_shapes() -> Mapping[str, dict[str, tuple[int, ...]]]:
+    """Every registered variant's ``state_dict`` layout, ``{name: {key: shape}}``, built lazily on the meta
+    device: the ``candidates=`` of :func:`cotviz.models.checkpoint.load_checkpoint` for its
+    "it looks like <variant>" messages (a search stops at the first perfect match)."""
+    return _SHAPES
 
 
 def _build(entry: ModelEntry, overrides: dict[str, Any]) -> nn.Module:
@@ -132,16 +165,18 @@ def _allocate(model: nn.Module, device: torch.device) -> None:
                 table[key] = new[id(t)]
 
 
-def create_model(name: str, *, weights: str | Path | None = None, seed: int | None = 0,
-                 **overrides: Any) -> nn.Module:
+def create_model(name: str, *, weights: str | os.PathLike[str] | None = None, seed: int | None = 0,
+                 allow_nonfinite: bool = False, **overrides: Any) -> nn.Module:
     """Build a registered model by name or alias.
 
     Args:
         name: e.g. ``"cotnet50"``, ``"cotnext50"`` (alias), ``"se_cotnetd_152"``.
         weights: a checkpoint to load (official training checkpoint, state_dict or ``.safetensors``);
-            loaded safely (no pickled code runs), strictly.
+            loaded safely (no pickled code runs), strictly; a checkpoint of another registered variant is
+            named in the error.
         seed: seed of the random initialisation, isolated from the global RNG (``None``: use the global RNG).
             The same name and seed give the same weights.
+        allow_nonfinite: load ``weights`` even if they hold NaN/Inf values (refused by default).
         **overrides: official constructor arguments (``layers``, ``num_classes``, ``base_width``,
             ``stem_width``, ``cardinality``, ``drop_path_rate``, ``block_args``, ...) and cotviz's own
             (``spatial_layer``, ``downsample_mode``).
@@ -166,13 +201,9 @@ def create_model(name: str, *, weights: str | Path | None = None, seed: int | No
     cfg = entry.pretrained_cfg
     num_classes = getattr(model, "num_classes", cfg.num_classes)
     if num_classes != cfg.num_classes:
-        from dataclasses import replace
-
         cfg = replace(cfg, num_classes=num_classes)
     model.pretrained_cfg = cfg  # type: ignore[assignment]
     model.model_name = entry.name  # type: ignore[assignment]
     if weights is not None:
-        from cotviz.models.checkpoint import load_checkpoint
-
-        load_checkpoint(model, weights)
+        load_checkpoint(model, Path(weights), candidates=registered_shapes(), allow_nonfinite=allow_nonfinite)
     return model.eval()

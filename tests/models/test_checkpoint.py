@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import textwrap
@@ -21,13 +23,15 @@ import torch
 from torch import Tensor, nn
 
 from cotviz.errors import CheckpointError
-from cotviz.models._safe_pickle import InertObject, RestrictedPickleModule
+from cotviz.models._safe_pickle import InertObject, RestrictedPickleModule, budget_for
 from cotviz.models.checkpoint import (
     CheckpointSafetyWarning,
     load_checkpoint,
     rank_architectures,
     read_checkpoint,
 )
+
+from . import hostile_checkpoints as hc
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -191,7 +195,7 @@ def test_restricted_unpickler_rebuilds_dict_subclass_as_inert_data(
     path = tmp_path / "args.pth"
     torch.save({"args": CfgNode({"lr": 0.1, "data": CfgNode({"size": 224})}), "w": torch.ones(2)}, path)
     cfgnode_args()
-    restricted = RestrictedPickleModule()
+    restricted = RestrictedPickleModule(path.stat().st_size)
     obj = torch.load(path, weights_only=False, pickle_module=restricted)
     args = obj["args"]
     assert isinstance(args, InertObject) and args.cotviz_global == "yacs_fake.config.CfgNode"
@@ -281,14 +285,15 @@ def test_argparse_namespace_args_become_inert(tmp_path: Path) -> None:
     assert info.neutralized_globals == ("argparse.Namespace",) and info.code_execution_globals == ()
 
 
-def test_plain_checkpoint_uses_torch_weights_only_loader(tmp_path: Path) -> None:
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_plain_checkpoint_loads_through_the_restricted_unpickler(tmp_path: Path, legacy: bool) -> None:
     model = Tiny()
     sd = random_state(model, 3)
     path = tmp_path / "plain.pth"
-    torch.save({"state_dict": sd, "epoch": 7}, path)
+    torch.save({"state_dict": sd, "epoch": 7}, path, _use_new_zipfile_serialization=not legacy)
     info = load_checkpoint(model, path)
     assert_state_equal(model, sd)
-    assert (info.loader, info.source, info.has_ema, info.epoch) == ("weights_only", "state_dict", False, 7)
+    assert (info.loader, info.source, info.has_ema, info.epoch) == ("restricted", "state_dict", False, 7)
     assert info.neutralized_globals == ()
 
 
@@ -611,15 +616,21 @@ def test_real_variant_mismatch_names_the_checkpoint_architecture(
     assert "missing keys (e.g. " in message or "shape mismatches (checkpoint vs model, e.g. " in message
 
 
-def test_real_variant_mismatch_uses_the_registry_by_default(tmp_path: Path,
-                                                            registry_shapes: dict[str, Shapes]) -> None:
+def test_create_model_weights_names_the_registered_variant(tmp_path: Path,
+                                                           registry_shapes: dict[str, Shapes]) -> None:
+    from cotviz.models.registry import create_model, registered_shapes
+
     path = tmp_path / "deep.pth"
     torch.save(fake_state(registry_shapes["cotnet101"]), path)
-    with pytest.raises(CheckpointError) as err:
-        load_checkpoint(_meta_model("cotnet50"), path)
+    with pytest.raises(CheckpointError) as err, torch.device("meta"):
+        create_model("cotnet50", weights=path)  # the registry hands load_checkpoint its candidates
     message = assert_one_line(err)
     assert "unexpected keys (e.g. layer3.6." in message
     assert "it looks like cotnet101 (100% of keys match)" in message
+    assert dict(registered_shapes()) == registry_shapes  # the lazy mapping is the registry's layouts
+    with pytest.raises(CheckpointError) as err:  # without candidates: the same error, no guess
+        load_checkpoint(_meta_model("cotnet50"), path)
+    assert "looks like" not in assert_one_line(err)
 
 
 def test_real_variant_with_other_classes_suggests_both_overrides(tmp_path: Path,
@@ -663,10 +674,300 @@ def test_reference_golden_network_loads_and_reproduces_logits(reference_dir: Pat
 
     sd, info = read_checkpoint(path)
     golden = torch.load(path, weights_only=True)
-    assert (info.source, info.loader, info.num_tensors) == ("state_dict", "weights_only", len(golden["state_dict"]))
+    assert (info.source, info.loader, info.num_tensors) == ("state_dict", "restricted", len(golden["state_dict"]))
     assert all(torch.equal(sd[k], v) for k, v in golden["state_dict"].items())
     kwargs = {k: v for k, v in golden["constructor_kwargs"].items() if k != "block"}
     model = create_model("cotnet50", weights=path, **kwargs)  # the registry calls load_checkpoint
     with torch.no_grad():
         logits = model(golden["input"])
     torch.testing.assert_close(logits, golden["logits"], atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------- hostile files: bounded memory and time
+
+
+def _memory_cases() -> dict[str, tuple[Callable[[], bytes], str | None]]:
+    """File name -> (bytes, expected phrase of the one-line refusal; None: it loads)."""
+    w = hc.WEIGHTS_STORAGE
+    return {
+        "list_range.pth": (lambda: hc.torch_zip(hc.list_of_range()),
+                           "would build more than 32.0 MiB of Python objects (list of 60,000,000 items)"),
+        "bytearray.pth": (lambda: hc.torch_zip(hc.big_bytearray()), "(a bytearray of 5.0 GiB)"),
+        "bytearray_legacy.pth": (lambda: hc.legacy_file(hc.big_bytearray()), "(a bytearray of 5.0 GiB)"),
+        "bytearray8.pth": (lambda: hc.bytearray8(5 << 30), "(a bytearray of 5.0 GiB)"),
+        "lists_zip.pth": (lambda: hc.torch_zip(hc.many_list_items(16_000_000)), "(its pickle opcodes)"),
+        "lists_legacy.pth": (lambda: hc.legacy_file(hc.many_list_items(20_000_000)), "(its pickle opcodes)"),
+        "lists_big_pickle.pth": (lambda: hc.torch_zip(hc.many_list_items(20_000_000)),
+                                 "holds a 38.1 MiB pickle of Python objects, more than a 38.1 MiB checkpoint may"),
+        "deep_key.pth": (lambda: hc.torch_zip(hc.deep_tuple_key(200_000), w), "nests tuples more than 100 levels"),
+        "tuple_dag_key.pth": (lambda: hc.torch_zip(hc.tuple_dag_key(60), w),
+                              "would spend more than 20,000,000 steps hashing its dict keys"),
+        "shared.pth": (lambda: hc.torch_zip(hc.shared_list_everywhere(20_000, 20_000)), "contains no tensors"),
+        "nested_modules.pth": (lambda: hc.torch_zip(hc.nested_module_chain(3000), w),
+                               "nests pickled modules more than 64 levels deep"),
+        "zip_bomb.pth": (lambda: hc.zip_bomb(256 << 20), "expands to 256.0 MiB from"),
+        "prefixes.pth": (lambda: hc.torch_zip(hc.repeated_prefix_key(100_000), w), None),
+    }
+
+
+@pytest.fixture(scope="module")
+def child_loads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every memory case read in one fresh interpreter: per file its outcome, load time and peak memory."""
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc to measure the peak memory of each load")
+    folder = tmp_path_factory.mktemp("hostile")
+    paths = [hc.write(folder / name, make()) for name, (make, _) in _memory_cases().items()]
+    return hc.load_in_child(paths, address_space=3 << 30)
+
+
+@pytest.mark.parametrize("name", list(_memory_cases()))
+def test_hostile_file_is_refused_fast_in_bounded_memory(child_loads: dict[str, Any], name: str) -> None:
+    """Tiny files asking for gigabytes, big pickles of Python lists, hash/recursion/quadratic bombs: one line
+    within seconds and a bounded peak (today: 2.3-5.1 GiB, 40 s, a segfault, a RecursionError)."""
+    result, expected = child_loads[name], _memory_cases()[name][1]
+    if expected is None:
+        assert result["outcome"] == "loaded", result
+    else:
+        assert result["outcome"].startswith("CheckpointError: ") and expected in result["outcome"], result
+        assert "\n" not in result["outcome"]
+    assert result["extra_mib"] < 100, result  # resident memory of this load above what the process had
+    assert result["seconds"] < 5, result
+
+
+def test_real_training_checkpoint_structure_is_far_inside_the_budget(tmp_path: Path) -> None:
+    """The budget is no obstacle to real files: SE-CoTNetD-152 weights + EMA + SGD momentum + args, the
+    largest structure of an official checkpoint, uses a fraction of the floor."""
+    import argparse
+
+    with torch.device("meta"):
+        from cotviz.models.registry import create_model
+
+        shapes = {k: tuple(v.shape) for k, v in create_model("se_cotnetd_152").state_dict().items()}
+    sd = fake_state(shapes)
+    ckpt = {"state_dict": sd, "state_dict_ema": fake_state(shapes), "epoch": 299, "arch": "se_cotnetd_152",
+            "optimizer": {"state": {i: {"momentum_buffer": v} for i, v in enumerate(sd.values())},
+                          "param_groups": [{"lr": 0.1, "params": list(range(len(sd)))}]},
+            "args": argparse.Namespace(model="se_cotnetd_152", lr=0.1, epochs=300)}
+    path = tmp_path / "official.pth.tar"
+    torch.save(ckpt, path)
+    restricted = RestrictedPickleModule(path.stat().st_size)
+    torch.load(path, weights_only=False, pickle_module=restricted)
+    used, limit = restricted.budget
+    assert limit == budget_for(path.stat().st_size) and used < limit / 2, (used, limit)
+    loaded, info = read_checkpoint(path)
+    assert info.used_ema and list(loaded) == list(shapes)
+
+
+# ----------------------------------------------------------------- hostile files: no side effects
+
+
+def _tampering_cases() -> dict[str, tuple[bytes, str]]:
+    """Pickles that change objects they did not create (or set what no checkpoint sets)."""
+    g, s = hc.global_, hc.string
+    own_dict = hc.call(g("collections", "OrderedDict"))
+    return {
+        "Counter.most_common": (hc.setattr_on_global("collections", "Counter", "most_common",
+                                                     g("collections", "OrderedDict")),
+                                "tries to modify collections.Counter (BUILD: set its state), an object it did not "
+                                "create; nothing was changed"),
+        "TypedStorage attribute": (hc.setattr_on_global("torch.storage", "TypedStorage", "pwned", pickle.NEWTRUE),
+                                   "tries to modify torch.storage.TypedStorage"),
+        "class __dict__ state": (hc.with_weights((s("t"), g("collections", "OrderedDict") + hc.dict_(
+            (s("fromkeys"), pickle.NONE)) + pickle.BUILD)), "tries to modify collections.OrderedDict"),
+        "SETITEM on a class": (hc.setitem_on_global("collections", "OrderedDict", s("k"), pickle.NONE), "(SETITEM)"),
+        "APPEND to a class": (hc.with_weights((s("t"), g("builtins", "list") + pickle.NONE + pickle.APPEND)),
+                              "tries to modify builtins.list (APPEND)"),
+        "BUILD on a dtype": (hc.with_weights((s("t"), g("torch", "float32") + hc.dict_((s("x"), pickle.NONE))
+                                              + pickle.BUILD)), "tries to modify torch.float32"),
+        "BUILD on a layout": (hc.with_weights((s("t"), hc.call(g("torch.serialization", "_get_layout"),
+                                                               s("torch.strided")) + hc.dict_((s("x"), pickle.NONE))
+                                              + pickle.BUILD)), "tries to modify torch.strided"),
+        "BUILD on a placeholder class": (hc.with_weights((s("t"), g("yacs.config", "CfgNode") + hc.dict_(
+            (s("x"), pickle.NONE)) + pickle.BUILD)), "tries to modify yacs.config.CfgNode"),
+        "__class__ of its own object": (hc.with_weights((s("t"), own_dict + pickle.NONE + hc.dict_(
+            (s("__class__"), g("collections", "Counter"))) + pickle.TUPLE2 + pickle.BUILD)),
+            "tries to set the attribute '__class__' of a OrderedDict object"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_tampering_cases()))
+def test_a_checkpoint_cannot_change_what_it_did_not_create(tmp_path: Path, case: str) -> None:
+    data, expected = _tampering_cases()[case]
+    path = hc.write(tmp_path / "tamper.pth", hc.torch_zip(data, hc.WEIGHTS_STORAGE))
+    before = hc.process_snapshot()
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    message = assert_one_line(err)
+    assert expected in message and "malicious or tampered" in message, message
+    assert hc.snapshot_changes(before, hc.process_snapshot()) == []
+
+
+def test_tampering_through_create_model_changes_nothing(tmp_path: Path) -> None:
+    from cotviz.models.registry import create_model
+
+    data, _ = _tampering_cases()["Counter.most_common"]
+    path = hc.write(tmp_path / "tamper.pth", hc.torch_zip(data, hc.WEIGHTS_STORAGE))
+    most_common = collections.Counter.most_common
+    with pytest.raises(CheckpointError, match="tries to modify collections.Counter"), torch.device("meta"):
+        create_model("cotnet50", weights=path)
+    assert collections.Counter.most_common is most_common
+
+
+# --------------------------------------------------------------------- refusals say what was tried
+
+
+def _refusal_cases() -> dict[str, tuple[bytes, str]]:
+    g, s = hc.global_, hc.string
+    return {
+        "getattr(__import__('os'), 'system')(...)": (
+            hc.getattr_import_chain("touch /nonexistent/CANARY"),
+            "tries to call os.system (through builtins.getattr, builtins.__import__); nothing ran"),
+        "functools.partial(os.system, ...)()": (
+            hc.partial_payload("touch /nonexistent/CANARY"), "tries to call os.system (through functools.partial)"),
+        "_rebuild_from_type_v2(eval, ...)": (
+            hc.rebuild_from_type_eval("1 + 1"),
+            "tries to call builtins.eval (through torch._tensor._rebuild_from_type_v2); nothing ran"),
+        "torch.Tensor(10**6)": (hc.with_weights((s("t"), hc.call(g("torch", "Tensor"), hc.integer(10 ** 6)))),
+                                "tries to call torch.Tensor; nothing ran"),
+        "UntypedStorage(10**6)": (hc.with_weights((s("t"), hc.call(g("torch.storage", "UntypedStorage"),
+                                                                  hc.integer(10 ** 6)))),
+                                  "tries to call torch.storage.UntypedStorage; nothing ran"),
+        "defaultdict(eval)": (hc.with_weights((s("t"), hc.call(g("collections", "defaultdict"), g("builtins", "eval")))),
+                              "tries to make a defaultdict that calls builtins.eval for missing keys"),
+        "backward hooks": (hc.P2 + hc.dict_((s("w"), hc.call(
+            g("torch._utils", "_rebuild_tensor_v2"),
+            pickle.MARK + s("storage") + g("torch", "FloatStorage") + s("0") + s("cpu") + hc.integer(4) + pickle.TUPLE
+            + pickle.BINPERSID, hc.integer(0), pickle.MARK + hc.integer(4) + pickle.TUPLE,
+            pickle.MARK + hc.integer(1) + pickle.TUPLE, pickle.NEWFALSE,
+            hc.call(g("collections", "OrderedDict")) + hc.integer(0) + g("builtins", "print") + pickle.SETITEM))
+        ) + pickle.STOP, "tries to attach backward hooks to a tensor; nothing ran"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_refusal_cases()))
+def test_refusal_says_what_the_file_tried(tmp_path: Path, case: str) -> None:
+    data, expected = _refusal_cases()[case]
+    path = hc.write(tmp_path / "evil.pth", hc.torch_zip(data, hc.WEIGHTS_STORAGE))
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    message = assert_one_line(err)
+    assert message.startswith("evil.pth ") and expected in message, message
+
+
+def test_nested_torch_load_is_neutralized_and_reported(tmp_path: Path) -> None:
+    path = hc.write(tmp_path / "nested.pth", hc.torch_zip(hc.nested_torch_load(str(tmp_path / "other.pth")),
+                                                          hc.WEIGHTS_STORAGE))
+    with pytest.warns(CheckpointSafetyWarning, match="torch.serialization.load"):
+        sd, info = read_checkpoint(path)
+    assert info.code_execution_globals == ("torch.serialization.load",)
+    torch.testing.assert_close(sd["w"], torch.tensor([1.0, 2.0, 3.0, 4.0]))
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (hc.torch_zip(hc.with_weights(), {"0": b"\x00" * 16}), "is corrupt (storage data/0 holds 16 bytes, the pickle "
+                                                          "says 4000)"),
+    (hc.torch_zip(hc.with_weights(), {}), "the pickle refers to a storage data/0 the archive lacks"),
+    (hc.legacy_file(hc.P2 + pickle.PERSID + b"0\n" + pickle.STOP), "uses a text persistent id"),
+    (hc.legacy_file(hc.P2 + pickle.EXT1 + b"\x01" + pickle.STOP), "uses pickle extension codes"),
+    (hc.claimed_entries_zip(hc.zip_state_dict({"w": torch.ones(2)}), 10_000_000),
+     "is a zip archive of 10,000,000 entries"),
+    (b"\x80\x02" + b"\x00" * 255 + b"ustar\x0000" + b"\x00" * 300, "it looks like a tar archive"),
+    (hc.future_zip_version(hc.zip_state_dict({"w": torch.ones(2)})), "is truncated or corrupt"),
+], ids=["storage-size", "storage-missing", "text-persid", "extension-code", "zip-entries", "tar", "zip-version"])
+def test_inconsistent_or_foreign_files_are_one_clean_line(tmp_path: Path, data: bytes, expected: str) -> None:
+    if expected.startswith("is corrupt (storage"):  # the pickle claims 1000 floats for the 16-byte record
+        data = hc.torch_zip(hc.P2 + hc.dict_((hc.string("w"), hc.tensor("0", 1000))) + pickle.STOP,
+                            {"0": b"\x00" * 16})
+    path = hc.write(tmp_path / "odd.pth", data)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    assert expected in assert_one_line(err)
+
+
+def test_legacy_storage_with_a_wrong_recorded_size_is_one_clean_line(tmp_path: Path) -> None:
+    data = hc.legacy_state_dict({"w": torch.ones(4)})
+    at = data.rfind(struct.pack("<q", 4))  # the element count written before the storage bytes
+    path = hc.write(tmp_path / "legacy.pth", data[:at] + struct.pack("<q", 26843545604) + data[at + 8:])
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    message = assert_one_line(err)
+    assert "is corrupt (a tensor storage's recorded size does not match its data): download it again" in message
+    assert "%ld" not in message
+
+
+# ------------------------------------------------------------ broken weights and odd tensors at load
+
+
+def test_nonfinite_weights_are_refused_unless_allowed(tmp_path: Path) -> None:
+    sd = random_state(Tiny(), 10)
+    sd["conv1.weight"][0, 0, :2, 0] = torch.tensor([float("nan"), float("inf")])
+    sd["bn1.running_var"][1:4] = float("-inf")
+    path = tmp_path / "diverged.pth"
+    torch.save({"state_dict": sd}, path)
+    model = Tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, path)
+    message = assert_one_line(err)
+    assert ("holds 5 non-finite values (NaN/Inf) in 2 tensors (e.g. conv1.weight, bn1.running_var)" in message
+            and "allow_nonfinite=True" in message), message
+    assert_state_equal(model, before)
+    info = load_checkpoint(model, path, allow_nonfinite=True)
+    assert info.nonfinite_keys == ("conv1.weight", "bn1.running_var") and info.nonfinite_values == 5
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, sd[key], rtol=0, atol=0, equal_nan=True, msg=key)
+    clean = load_checkpoint(Tiny(), tmp_path / "diverged.pth", strict=False, allow_nonfinite=True)
+    assert clean.nonfinite_values == 5
+
+
+def test_meta_tensors_are_one_clean_line(tmp_path: Path) -> None:
+    path = tmp_path / "meta.pth"
+    with torch.device("meta"):
+        torch.save(nn.Linear(3, 4).state_dict(), path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(nn.Linear(3, 4), path)
+    assert "holds 2 tensors without data (on the meta device, e.g. weight, bias)" in assert_one_line(err)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_sparse_tensor_with_out_of_range_indices_is_one_clean_line(tmp_path: Path, legacy: bool) -> None:
+    bias = torch.sparse_coo_tensor(torch.tensor([[0, 99]]), torch.tensor([1.0, 2.0]), (4,), check_invariants=False)
+    path = tmp_path / "sparse.pth"
+    torch.save({"weight": torch.ones(4, 3), "bias": bias}, path, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(nn.Linear(3, 4), path)
+    message = assert_one_line(err)
+    assert "is corrupt (a sparse tensor is invalid (" in message and "download it again" in message
+    assert torch._utils._sparse_tensors_to_validate == []  # type: ignore[attr-defined]  # nothing left behind
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")  # torch's own note on CSR
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_valid_sparse_tensor_for_a_dense_weight_is_one_clean_line(tmp_path: Path, legacy: bool) -> None:
+    path = tmp_path / "sparse.pth"
+    csr = (torch.arange(6.0).reshape(2, 3) % 2).to_sparse_csr()  # a legacy file's storages are read last:
+    torch.save({"weight": torch.ones(4, 3), "bias": torch.ones(4).to_sparse(), "csr": csr}, path,  # checked after
+               _use_new_zipfile_serialization=not legacy)
+    sd, _ = read_checkpoint(path)  # valid sparse tensors read fine ...
+    assert sd["bias"].layout == torch.sparse_coo and torch.equal(sd["csr"].to_dense(), csr.to_dense())
+    with pytest.raises(CheckpointError) as err:  # ... but are no dense weights
+        load_checkpoint(nn.Linear(3, 4), path, strict=False)
+    assert "stores bias as a sparse_coo tensor, but the model's is dense" in assert_one_line(err)
+
+
+# -------------------------------------------------------------------------------------- hashing
+
+
+def test_sha256_is_computed_only_when_asked_and_only_for_the_file_read(tmp_path: Path) -> None:
+    path = tmp_path / "w.pth"
+    torch.save(random_state(Tiny(), 11), path)
+    _, info = read_checkpoint(path)
+    assert "sha256" not in vars(info)  # not hashed by the load
+    assert info.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert "sha256" in vars(info)  # hashed once, then remembered
+    _, stale = read_checkpoint(path)
+    torch.save(random_state(Tiny(), 12), path)
+    os.utime(path, ns=(stale.file_stat[1] + 10 ** 9, stale.file_stat[1] + 10 ** 9))
+    with pytest.raises(CheckpointError, match="changed since it was read") as err:
+        _ = stale.sha256
+    assert_one_line(err)
