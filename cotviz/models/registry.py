@@ -24,6 +24,7 @@ from torch import nn
 from cotviz.errors import InvalidArgumentError, UnknownModelError
 from cotviz.models.checkpoint import load_checkpoint
 from cotviz.models.configs import PaperResult, PretrainedCfg
+from cotviz.resources import check_memory, format_bytes
 
 __all__ = ["ModelEntry", "create_model", "list_models", "model_entry", "register_model", "registered_shapes",
            "resolve_name"]
@@ -129,6 +130,93 @@ def registered_shapes() -> Mapping[str, dict[str, tuple[int, ...]]]:
     return _SHAPES
 
 
+# ------------------------------------------------------------------------------------------ overrides
+
+
+_MAX_BLOCKS = 128  # per stage: the deepest variant (se_cotnetd_270) has 53; builds take time per block
+
+
+def _integer(low: int, high: int, note: str = "") -> Callable[[str, Any], str | None]:
+    def check(name: str, value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            return f"{name} must be an integer from {low} to {high}{note}, got {value!r}"
+        return None
+
+    return check
+
+
+def _fraction(name: str, value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        return f"{name} must be a number in [0, 1), got {value!r}"
+    return None
+
+
+def _flag(name: str, value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"{name} must be True or False, got {value!r}"
+
+
+def _layers(name: str, value: Any) -> str | None:
+    if (not isinstance(value, (list, tuple)) or len(value) != 4
+            or any(isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _MAX_BLOCKS for n in value)):
+        return f"{name} must be 4 integer block counts from 1 to {_MAX_BLOCKS} (one per stage), got {value!r}"
+    return None
+
+
+def _activation(name: str, value: Any) -> str | None:
+    if isinstance(value, str) or (isinstance(value, type) and issubclass(value, nn.Module)):
+        return None
+    return f"{name} must be an activation name (relu, silu, gelu) or an nn.Module class, got {value!r}"
+
+
+#: The numeric and switch overrides of the registered builders, with their valid ranges. Names and specs
+#: (``stem_type``, ``spatial_layer``, ``downsample_mode``, ``block_args``, ``aa_layer``) are checked by the
+#: skeleton, the layer factory and the zoo, which know their choices.
+_OVERRIDES: dict[str, Callable[[str, Any], str | None]] = {
+    "layers": _layers,
+    "num_classes": _integer(0, 1_000_000, " (0: no classifier, the model returns pooled features)"),
+    "in_chans": _integer(1, 1024),
+    "cardinality": _integer(1, 256),
+    "base_width": _integer(1, 4096),
+    "stem_width": _integer(1, 4096),
+    "stem_pool": _flag,
+    "avg_down": _flag,
+    "zero_init_last_bn": _flag,
+    "drop_rate": _fraction,
+    "drop_path_rate": _fraction,
+    "act_layer": _activation,
+    "spatial_act_layer": _activation,
+}
+
+
+def _validate_overrides(entry: ModelEntry, overrides: Mapping[str, Any]) -> None:
+    """One :class:`InvalidArgumentError` naming the valid range of the first bad override (unknown names are
+    left to the builder, which says which arguments it takes)."""
+    for name, value in overrides.items():
+        check = _OVERRIDES.get(name)
+        if check is None:
+            continue
+        problem = check(name, value)
+        if problem:
+            raise InvalidArgumentError(f"{entry.name}: {problem}")
+    if overrides.get("stem_type") == "deep_tiered" and overrides.get("stem_width", 64) < 4:
+        raise InvalidArgumentError(f"{entry.name}: stem_width must be at least 4 with stem_type='deep_tiered', got "
+                                   f"{overrides['stem_width']}")
+
+
+def _build_error(entry: ModelEntry, overrides: Mapping[str, Any], err: Exception) -> InvalidArgumentError:
+    """A builder's refusal (a layer that cannot take the channel counts asked for) as one line."""
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    widths = {k: overrides[k] for k in ("base_width", "cardinality", "stem_width") if k in overrides}
+    if widths and not isinstance(err, TypeError):
+        given = ", ".join(f"{k}={v}" for k, v in widths.items())
+        return InvalidArgumentError(f"{entry.name}: {given} give channel counts its layers cannot split ({first}); "
+                                    "a base_width that is a multiple of 8 fits every operator")
+    return InvalidArgumentError(f"{entry.name}: {first}")
+
+
+# ------------------------------------------------------------------------------------------- building
+
+
 def _build(entry: ModelEntry, overrides: dict[str, Any]) -> nn.Module:
     """Build on the meta device, then allocate and initialise once (no default init thrown away).
 
@@ -138,6 +226,10 @@ def _build(entry: ModelEntry, overrides: dict[str, Any]) -> nn.Module:
         return entry.builder(**overrides)
     with torch.device("meta"):
         model = entry.builder(**overrides)
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}.values()
+    needed = sum(t.numel() * t.element_size() for t in tensors)
+    check_memory(needed, f"{entry.name} ({format_bytes(needed)} of weights)",
+                 override="build it on the meta device: with torch.device('meta'): create_model(...)")
     init = getattr(model, "init_weights", None)
     if not callable(init):  # a builder without a full re-initialiser: build it directly
         return entry.builder(**overrides)
@@ -179,11 +271,21 @@ def create_model(name: str, *, weights: str | os.PathLike[str] | None = None, se
         allow_nonfinite: load ``weights`` even if they hold NaN/Inf values (refused by default).
         **overrides: official constructor arguments (``layers``, ``num_classes``, ``base_width``,
             ``stem_width``, ``cardinality``, ``drop_path_rate``, ``block_args``, ...) and cotviz's own
-            (``spatial_layer``, ``downsample_mode``).
+            (``spatial_layer``, ``downsample_mode``); each is checked against its valid range first.
 
     Returns the model in eval mode, with ``pretrained_cfg`` (:class:`PretrainedCfg`) and ``model_name`` set.
+
+    Raises:
+        UnknownModelError: ``name`` is not registered. InvalidArgumentError: an override outside its range,
+        or one the variant does not take. ResourceLimitError: the weights would not fit in the memory
+        available. CheckpointError: see :func:`cotviz.models.checkpoint.load_checkpoint`.
     """
     entry = model_entry(name)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise InvalidArgumentError(f"seed must be an integer or None, got {seed!r}")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise InvalidArgumentError(f"weights must be a path, got {type(weights).__name__}")
+    _validate_overrides(entry, overrides)
     try:
         if seed is None:
             model = _build(entry, overrides)
@@ -195,9 +297,9 @@ def create_model(name: str, *, weights: str | os.PathLike[str] | None = None, se
         match = re.search(r"unexpected keyword argument '(\w+)'", str(err))
         if match:
             raise InvalidArgumentError(f"{entry.name} does not take the argument {match.group(1)!r}") from None
-        raise
-    except ValueError as err:
-        raise InvalidArgumentError(f"{entry.name}: {err}") from None
+        raise _build_error(entry, overrides, err) from err
+    except (ValueError, ZeroDivisionError, RuntimeError) as err:
+        raise _build_error(entry, overrides, err) from None
     cfg = entry.pretrained_cfg
     num_classes = getattr(model, "num_classes", cfg.num_classes)
     if num_classes != cfg.num_classes:
