@@ -66,6 +66,10 @@ def sanity(
         "--figure", metavar="FILE", help="Write the figure (curve + strip of the first image's maps).",
         show_default=False)] = None,
     fig_format: Annotated[FigureFormat, typer.Option("--fig-format", help="Figure format.")] = FigureFormat.png,
+    localise: Annotated[bool, typer.Option(
+        "--localisation", metavar=FLAG, help="Instead: localisation against masks (IMAGE.mask.png beside each image) "
+                                             "for the model, the same architecture untrained, and the model fully "
+                                             "randomised; every stage.")] = False,
 ) -> None:
     """Randomise the weights from the logits down and measure how much each map changes (Spearman ρ)."""
     import warnings
@@ -83,6 +87,10 @@ def sanity(
         raise InvalidArgumentError(f"--num-classes must be at least 1, got {num_classes}")
     if weights is None:
         warnings.warn(f"no weights given: randomising an UNTRAINED {model} (pass --weights)", UserWarning, stacklevel=1)
+    if localise:
+        _localisation(images, model, weights, [m.value for m in maps] if maps else None, gradcam, seed, batch_size,
+                      fmt, out)
+        return
     loaded = load_model(model, weights, num_classes=num_classes)
     modes: Any = ("cascading", "independent") if mode is ModeChoice.both else (mode.value,)
     names = [m.value for m in maps] if maps else None
@@ -115,3 +123,32 @@ def sanity(
     if strict and result.insensitive:
         print(f"insensitive to the weights: {', '.join(result.insensitive)}", file=sys.stderr)
         raise typer.Exit(3)
+
+
+def _localisation(images: list[str], model: str, weights: str | None, maps: list[str] | None, gradcam: bool,
+                  seed: int, batch_size: int, fmt: Format, out: Path | None) -> None:
+    from cotviz.sanity.localisation import (
+        baselines,
+        localisation,
+        localisation_note,
+        localisation_rows,
+        masked_inputs,
+        render_localisation,
+    )
+
+    masked_inputs(images)  # a missing mask is reported before any network is built
+    result = localisation(baselines(model, weights, seed=seed), images, maps=maps, gradcam=gradcam,
+                          batch_size=batch_size)
+    if fmt is Format.table and out is None:
+        from rich.table import Table
+
+        head, rows = localisation_rows(result)
+        table = Table(title=f"cotviz sanity --localisation: {model}")
+        for i, h in enumerate(head):
+            table.add_column(h, justify="right" if i >= 2 else "left")
+        for row in rows:
+            table.add_row(*row)
+        console().print(table)
+        console().print(localisation_note(result), highlight=False)
+        return
+    write_output(render_localisation(result, "markdown" if fmt is Format.table else fmt.value), out)

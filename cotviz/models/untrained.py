@@ -188,14 +188,18 @@ def new_model(name: str, *, untrained: bool, num_classes: int | None = None, **o
 
 
 def finish_model(model: nn.Module, name: str, weights: str | os.PathLike[str] | None) -> LoadedModel:
-    """Load ``weights`` into ``model`` (safely, strictly: ``CheckpointError`` when it does not fit), or turn it
-    into the untrained demo network when ``weights`` is None."""
+    """Load ``weights`` into ``model`` (safely, strictly: ``CheckpointError`` when it does not fit; ``"demo"``: the
+    shipped demo checkpoint, :mod:`cotviz.models.demo`), or turn it into the untrained demo network when ``weights``
+    is None."""
     if weights is None:
         init = (f"{UNTRAINED_NOTE}: calibration over {CALIBRATION_BATCH} smooth-noise images of "
                 f"{CALIBRATION_SIDE} px; the network is UNTRAINED")
         return LoadedModel(make_untrained(model), name, None, True, init)
     from cotviz.models.checkpoint import load_checkpoint
+    from cotviz.models.demo import DEMO, demo_weights
 
+    if weights == DEMO:  # the shipped demo checkpoint of this architecture
+        weights = demo_weights(str(getattr(model, "model_name", name)))
     info = load_checkpoint(model, Path(weights))
     model.eval()
     return LoadedModel(model, name, info, False,

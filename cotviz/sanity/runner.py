@@ -101,7 +101,7 @@ class SanityResult:
 
 
 def _inputs(images: Any) -> tuple[list[Any], list[tuple[str, str]]]:
-    """Paths/directories/globs expanded once (like the CLI); other images kept as they are."""
+    """Paths/directories/globs expanded once (like the CLI; ``*.mask.png`` masks left out); other images as they are."""
     items = [images] if isinstance(images, (str, os.PathLike)) or not isinstance(images, Iterable) else list(images)
     out: list[Any] = []
     problems: list[tuple[str, str]] = []
@@ -109,7 +109,7 @@ def _inputs(images: Any) -> tuple[list[Any], list[tuple[str, str]]]:
         if isinstance(item, (str, os.PathLike)):
             expanded = expand_inputs([item])
             problems += [(p.item, p.message) for p in expanded.problems]
-            out += expanded.paths
+            out += [p for p in expanded.paths if not p.stem.endswith(".mask")]  # IMAGE.mask.png: a mask
         else:
             out.append(item)
     return out, problems
