@@ -198,7 +198,7 @@ def finish_model(model: nn.Module, name: str, weights: str | os.PathLike[str] | 
     from cotviz.models.checkpoint import load_checkpoint
     from cotviz.models.demo import DEMO, demo_weights
 
-    if weights == DEMO:  # the shipped demo checkpoint of this architecture
+    if os.fspath(weights) == DEMO:  # the shipped demo checkpoint of this architecture (also Path("demo"))
         weights = demo_weights(str(getattr(model, "model_name", name)))
     info = load_checkpoint(model, Path(weights))
     model.eval()

@@ -52,3 +52,14 @@ def test_demo_weights_refusals(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(demo, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(CheckpointError, match="were altered"):
         demo_weights("cotnet_demo")
+
+
+def test_demo_spelling_through_the_runner_policy() -> None:
+    """``--weights demo`` reaches finish_model as a Path: the shipped checkpoint, recorded in the provenance."""
+    from pathlib import Path
+
+    from cotviz.models.untrained import load_model
+
+    loaded = load_model("cotnet_demo", Path("demo"))
+    assert loaded.untrained is False and loaded.weights is not None
+    assert loaded.weights.path == demo_weights("cotnet_demo")
