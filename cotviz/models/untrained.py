@@ -197,10 +197,11 @@ def finish_model(model: nn.Module, name: str, weights: str | os.PathLike[str] | 
         return LoadedModel(make_untrained(model), name, None, True, init)
     from cotviz.models.checkpoint import load_checkpoint
     from cotviz.models.demo import DEMO, demo_weights
+    from cotviz.models.registry import registered_shapes
 
     if os.fspath(weights) == DEMO:  # the shipped demo checkpoint of this architecture (also Path("demo"))
         weights = demo_weights(str(getattr(model, "model_name", name)))
-    info = load_checkpoint(model, Path(weights))
+    info = load_checkpoint(model, Path(weights), candidates=registered_shapes())  # names the variant it fits
     model.eval()
     return LoadedModel(model, name, info, False,
                        f"checkpoint {info.path.name} ({info.source}{', EMA' if info.used_ema else ''})")
