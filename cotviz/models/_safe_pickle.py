@@ -21,8 +21,8 @@ tensor storages -- a subclass of the pure-Python ``pickle._Unpickler`` whose ris
   os.system; nothing ran").
 * **Mutations** (``BUILD``, ``SETITEM(S)``, ``APPEND(S)``, ``ADDITEMS``): only on containers and objects
   this load created. A class, function, singleton or anything else obtained by name is never modified
-  (``BUILD`` on ``collections.Counter`` setting ``most_common`` is refused as tampering); neither dunder
-  attributes nor tensor hooks are ever set.
+  (``BUILD`` on ``collections.Counter`` setting ``most_common`` is refused as tampering); dunder attributes
+  are never set and tensor hooks never restored.
 * **Storages** (``BINPERSID``): a zip storage must exist in the archive with the size the pickle claims; a
   legacy storage may not claim more bytes than the file has (torch allocates it before reading).
 * **Budget**: every opcode (64-256 bytes, an upper estimate of the object it makes), literal (its length)
@@ -44,6 +44,10 @@ from __future__ import annotations
 import _compat_pickle
 import collections
 import copyreg
+import encodings.ascii  # noqa: F401  the codecs the unpickler may use (protocol-0 UNICODE, latin-1 bytes):
+import encodings.latin_1  # noqa: F401  imported here, so that no file is what imports a module
+import encodings.raw_unicode_escape  # noqa: F401  (the pure-Python pickle looks them up lazily)
+import encodings.utf_8  # noqa: F401
 import functools
 import io
 import math
@@ -77,7 +81,7 @@ _CODE_EXECUTION_MODULES = frozenset({
     "threading", "asyncio", "signal", "pdb", "timeit", "platform", "operator", "io", "_io", "tempfile",
     "functools", "dill", "cloudpickle", "joblib", "shelve", "yaml",
     "torch.storage", "torch.serialization", "torch.jit", "torch.hub", "torch._C", "torch.ops", "torch.fx",
-    "torch.package", "torch.utils", "numpy.lib", "numpy.f2py",
+    "torch.package", "torch.utils.cpp_extension", "numpy.lib.npyio", "numpy.f2py", "numpy.distutils",
 })
 _CODE_EXECUTION_BUILTINS = frozenset({
     "eval", "exec", "compile", "getattr", "setattr", "delattr", "__import__", "open", "input",
@@ -549,25 +553,27 @@ def _call_reconstructor(u: RestrictedUnpickler, args: Args, kwargs: Kwargs) -> A
 
 
 def _call_numpy_scalar(u: RestrictedUnpickler, args: Args, kwargs: Kwargs) -> Any:
+    """A numpy bool/int/float/complex scalar (metrics are sometimes ``np.float64``); any other numpy scalar
+    becomes an inert placeholder holding its arguments (the load goes on, nothing of numpy runs)."""
     np = _numpy()
-    _check_args(args, kwargs, "numpy scalar", 2, 1)
-    dtype, data = args[0], (args[1] if len(args) > 1 else None)
-    if not isinstance(dtype, np.dtype) or dtype.kind not in "biufc?" or dtype.fields or dtype.subdtype:
-        raise pickle.UnpicklingError("numpy scalar of an unsupported dtype")
-    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
-        raise pickle.UnpicklingError("numpy scalar with data of the wrong size")
+    dtype, data = (args + (None, None))[:2]
+    if (kwargs or len(args) != 2 or not isinstance(dtype, np.dtype) or dtype.kind not in "biufc?" or dtype.fields
+            or dtype.subdtype or not isinstance(data, bytes) or len(data) != dtype.itemsize):
+        return u._inert("numpy.core.multiarray.scalar", args)
     return _numpy_globals()["numpy.core.multiarray.scalar"](dtype, data)
 
 
 def _call_numpy_dtype(u: RestrictedUnpickler, args: Args, kwargs: Kwargs) -> Any:
+    """A simple numpy dtype, always a fresh copy (``np.dtype("f8")`` is a process-wide singleton that the
+    ``BUILD`` after it would modify); structured, object and other dtypes become inert placeholders."""
     np = _numpy()
-    _check_args(args, kwargs, "numpy.dtype", 3, 1)
-    spec = args[0]
-    if not isinstance(spec, str) or not re.fullmatch(r"[<>|=]?[a-zA-Z?][0-9]{0,2}", spec):
-        raise pickle.UnpicklingError("numpy.dtype of an unsupported type")
-    dtype = np.dtype(spec, align=bool(args[1]) if len(args) > 1 else False, copy=True)  # never the singleton
+    spec = args[0] if args else None
+    if kwargs or not 1 <= len(args) <= 3 or not isinstance(spec, str) or not re.fullmatch(
+            r"[<>|=]?[biuf?c][0-9]{0,2}", spec):
+        return u._inert("numpy.dtype", args)
+    dtype = np.dtype(spec, align=bool(args[1]) if len(args) > 1 else False, copy=True)
     if dtype.kind not in "biufc?":
-        raise pickle.UnpicklingError("numpy.dtype of an unsupported type")
+        return u._inert("numpy.dtype", args)
     return u._fresh(dtype)
 
 
@@ -595,9 +601,8 @@ def _geometry(size: Any, stride: Any | None, offset: Any = 0) -> tuple[tuple[int
 
 
 def _no_hooks(u: RestrictedUnpickler, hooks: Any) -> None:
-    """``torch.save`` always writes an empty ``OrderedDict`` of backward hooks (Note [Don't serialize hooks])."""
-    if hooks is not None and not (isinstance(hooks, dict) and not hooks):
-        raise RefusedPickle("code", "tries to attach backward hooks to a tensor; nothing ran")
+    """Backward hooks are never restored: ``torch.save`` has written an empty ``OrderedDict`` since PyTorch
+    1.0 (Note [Don't serialize hooks]), and an older file's hooks could only be inert placeholders here."""
 
 
 def _metadata(metadata: Any) -> dict[str, bool] | None:
@@ -876,14 +881,7 @@ class RestrictedUnpickler(_Base):  # type: ignore[misc]
         allowed = allowed_globals()
         if qualified in allowed:
             return allowed[qualified]
-        placeholders = self._ctx.placeholders
-        placeholder = placeholders.get(qualified)
-        if placeholder is None:
-            self._ctx.charge(4096, "placeholder classes")
-            label = re.sub(r"\W", "_", name)[:64] or "global"
-            placeholder = type(f"Inert_{label}", (InertObject,), {"cotviz_global": qualified[:300]})
-            placeholders[qualified] = placeholder
-        return placeholder
+        return self._placeholder(qualified)
 
     # -- what this load made
 
@@ -974,6 +972,21 @@ class RestrictedUnpickler(_Base):  # type: ignore[misc]
             return name, []
         return f"a {type(obj).__name__} object", []
 
+    def _inert(self, qualified: str, args: Args) -> InertObject:
+        """A placeholder instance for a call of ``qualified`` that is not rebuilt (reported as neutralized)."""
+        return self._fresh(self._placeholder(qualified)(*args))
+
+    def _placeholder(self, qualified: str) -> type[InertObject]:
+        """The placeholder class of ``qualified`` for this load (made once, charged to the budget)."""
+        placeholders = self._ctx.placeholders
+        placeholder = placeholders.get(qualified)
+        if placeholder is None:
+            self._ctx.charge(4096, "placeholder classes")
+            label = re.sub(r"\W", "_", qualified.rpartition(".")[2])[:64] or "global"
+            placeholder = type(f"Inert_{label}", (InertObject,), {"cotviz_global": qualified[:300]})
+            placeholders[qualified] = placeholder
+        return placeholder
+
     def _refuse_call(self, func: Any, how: str = "call") -> NoReturn:
         what, via = self._describe(func)
         through = f" (through {', '.join(via)})" if via else ""
@@ -1033,7 +1046,9 @@ class RestrictedUnpickler(_Base):  # type: ignore[misc]
             for key, value in part.items():
                 if not isinstance(key, str) or not key.isidentifier():
                     raise pickle.UnpicklingError("invalid attribute name in an object state")
-                if (key.startswith("__") and key.endswith("__")) or key in _HOOK_ATTRS:
+                if key in _HOOK_ATTRS:
+                    continue  # hooks are never restored (see _no_hooks)
+                if key.startswith("__") and key.endswith("__"):
                     what, _ = self._describe(obj)
                     raise RefusedPickle("tamper", f"tries to set the attribute {key[:60]!r} of {what}; nothing "
                                                   "was changed")

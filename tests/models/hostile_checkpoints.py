@@ -226,11 +226,30 @@ def zip_bomb(expanded: int) -> bytes:
 # ------------------------------------------------------------------------------- process-wide state
 
 
+_WARM: list[bool] = []
+
+
+def _warm_up() -> None:
+    """One legitimate load of each format per process: torch.load's own first-call imports
+    (``torch.utils.serialization``) are not a file's doing."""
+    import tempfile
+
+    from cotviz.models.checkpoint import read_checkpoint
+
+    if _WARM:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        for i, data in enumerate((zip_state_dict({"w": torch.ones(2)}), legacy_state_dict({"w": torch.ones(2)}))):
+            read_checkpoint(write(Path(folder) / f"warm{i}.pth", data))
+    _WARM.append(True)
+
+
 def process_snapshot() -> dict[str, Any]:
     """References to everything a checkpoint could reach by name, to compare after a load with
     :func:`snapshot_changes`: the ``vars()`` of every allowlisted object (and of its type), of the modules
     they live in and of :class:`InertObject`; imported modules; pickle's extension cache; torch's
-    pending sparse-tensor list and layout cache."""
+    pending sparse-tensor list and layout cache. The first call makes one legitimate load of each format."""
+    _warm_up()
     import builtins
     import collections
     import copyreg

@@ -834,13 +834,6 @@ def _refusal_cases() -> dict[str, tuple[bytes, str]]:
                                   "tries to call torch.storage.UntypedStorage; nothing ran"),
         "defaultdict(eval)": (hc.with_weights((s("t"), hc.call(g("collections", "defaultdict"), g("builtins", "eval")))),
                               "tries to make a defaultdict that calls builtins.eval for missing keys"),
-        "backward hooks": (hc.P2 + hc.dict_((s("w"), hc.call(
-            g("torch._utils", "_rebuild_tensor_v2"),
-            pickle.MARK + s("storage") + g("torch", "FloatStorage") + s("0") + s("cpu") + hc.integer(4) + pickle.TUPLE
-            + pickle.BINPERSID, hc.integer(0), pickle.MARK + hc.integer(4) + pickle.TUPLE,
-            pickle.MARK + hc.integer(1) + pickle.TUPLE, pickle.NEWFALSE,
-            hc.call(g("collections", "OrderedDict")) + hc.integer(0) + g("builtins", "print") + pickle.SETITEM))
-        ) + pickle.STOP, "tries to attach backward hooks to a tensor; nothing ran"),
     }
 
 
@@ -852,6 +845,27 @@ def test_refusal_says_what_the_file_tried(tmp_path: Path, case: str) -> None:
         read_checkpoint(path)
     message = assert_one_line(err)
     assert message.startswith("evil.pth ") and expected in message, message
+
+
+def test_old_backward_hooks_and_unusual_numpy_scalars_are_neutralized_not_fatal(tmp_path: Path) -> None:
+    """Pre-1.0 files pickled tensor hooks; metadata may hold np.str_ or structured dtypes: the weights load,
+    the hooks are dropped, the odd numpy values stay inert placeholders."""
+    import numpy as np
+
+    g, s = hc.global_, hc.string
+    pid = (pickle.MARK + s("storage") + g("torch", "FloatStorage") + s("0") + s("cpu") + hc.integer(4) + pickle.TUPLE
+           + pickle.BINPERSID)
+    hooks = hc.call(g("collections", "OrderedDict")) + hc.integer(0) + g("builtins", "print") + pickle.SETITEM
+    hooked = hc.call(g("torch._utils", "_rebuild_tensor_v2"), pid, hc.integer(0), pickle.MARK + hc.integer(4)
+                     + pickle.TUPLE, pickle.MARK + hc.integer(1) + pickle.TUPLE, pickle.NEWFALSE, hooks)
+    data = hc.P2 + hc.dict_((s("state_dict"), hc.dict_((s("w"), hooked))),
+                            (s("note"), pickle.dumps(np.str_("fine-tuned"), protocol=2)[2:-1]),
+                            (s("record"), pickle.dumps(np.dtype([("a", "f4")]), protocol=2)[2:-1])) + pickle.STOP
+    path = hc.write(tmp_path / "old.pth", hc.torch_zip(data, hc.WEIGHTS_STORAGE))
+    sd, info = read_checkpoint(path)
+    torch.testing.assert_close(sd["w"], torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert not sd["w"]._backward_hooks  # type: ignore[attr-defined]
+    assert {"builtins.print", "numpy.core.multiarray.scalar", "numpy.dtype"} <= set(info.neutralized_globals)
 
 
 def test_nested_torch_load_is_neutralized_and_reported(tmp_path: Path) -> None:

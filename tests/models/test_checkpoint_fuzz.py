@@ -224,7 +224,8 @@ def opcode(folder: Path) -> st.SearchStrategy[bytes]:
         sizes.map(lambda n: pickle.FRAME + struct.pack("<Q", n % 2 ** 64)),
         st.sampled_from(GLOBALS).map(lambda g: _glob(*g)),
         st.sampled_from(GLOBALS).map(lambda g: pickle.INST + f"{g[0]}\n{g[1]}\n".encode()),
-        st.sampled_from([pickle.EXT1 + b"\x01", pickle.PERSID + b"0\n", pickle.PROTO + b"\x05", b"\xff"]),
+        st.sampled_from([pickle.EXT1 + b"\x01", pickle.PERSID + b"0\n", pickle.PROTO + b"\x05", b"\xff",
+                         pickle.UNICODE + b"caf\\u00e9\n", pickle.STRING + b"'a\\x00'\n", pickle.INT + b"10\n"]),
     )
 
 
@@ -275,6 +276,21 @@ def expressions(folder: Path) -> st.SearchStrategy[bytes]:
 def test_hostile_programs(reader: Reader, data: st.DataObject) -> None:
     program = data.draw(expressions(reader.folder))
     reader.check(hc.torch_zip(hc.with_weights((hc.string("payload"), program)), hc.WEIGHTS_STORAGE))
+
+
+def test_codecs_a_file_could_make_the_reader_import_are_imported_up_front() -> None:
+    """Found by these tests: zipfile decodes non-UTF-8 entry names with cp437 and the pure-Python unpickler
+    decodes protocol-0 UNICODE with raw-unicode-escape, each importing its codec on first use; the reader
+    imports them itself, so a file decides no import (in a fresh interpreter both are absent before)."""
+    import subprocess
+
+    code = ("import sys; before = {m for m in sys.modules if m.startswith('encodings.')}; "
+            "import cotviz.models.checkpoint; "
+            "print(sorted({m for m in sys.modules if m.startswith('encodings.')} - before))")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)}).stdout
+    assert "'encodings.cp437'" in out and "'encodings.raw_unicode_escape'" in out, out
 
 
 def test_the_canary_would_show_a_call(reader: Reader, tmp_path: Path) -> None:
