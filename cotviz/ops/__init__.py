@@ -4,7 +4,7 @@ Importing this package registers ``torch.ops.cotviz.local_aggregation`` and its 
 operators (:mod:`cotviz.ops._library`).
 """
 
-from cotviz.ops import _library  # noqa: F401  (registers the torch.ops.cotviz operators)
+from cotviz.ops._library import decompositions  # importing it registers the torch.ops.cotviz operators
 from cotviz.ops.aggregation import (
     AggregationShapeError,
     local_aggregation,
@@ -12,4 +12,5 @@ from cotviz.ops.aggregation import (
     output_size,
 )
 
-__all__ = ["AggregationShapeError", "local_aggregation", "local_aggregation_reference", "output_size"]
+__all__ = ["AggregationShapeError", "decompositions", "local_aggregation", "local_aggregation_reference",
+           "output_size"]

@@ -24,8 +24,7 @@ Each has
   any order are exact (gradgradcheck, Hessian-vector products);
 - a batching rule (``register_vmap``): the vmapped dimension is folded into the batch dimension,
   which the operators treat sample by sample anyway;
-- a decomposition into plain aten ops in ``torch._decomp.decomposition_table`` (what the dynamo ONNX
-  exporter uses for an already exported program);
+- a decomposition into plain aten ops (:func:`decompositions`, for lowering an already exported program);
 - a FLOP formula for ``torch.utils.flop_counter.FlopCounterMode``: ``2 * B * heads*C * K*K * Ho*Wo``
   (one multiply-add per tap and output element, fvcore's and cotviz's "2 FLOPs = 1 MAC"; the same for
   both backward operators, which form the same products).
@@ -42,7 +41,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch._decomp import register_decomposition
 from torch.utils.flop_counter import register_flop_formula
 
 from cotviz.ops.aggregation import (
@@ -58,7 +56,7 @@ from cotviz.ops.aggregation import (
     check_grad_weight,
 )
 
-__all__ = ["LIBRARY", "OPERATORS"]
+__all__ = ["LIBRARY", "OPERATORS", "decompositions"]
 
 #: Keeps the registrations alive (they are dropped with the Library object).
 LIBRARY = torch.library.Library("cotviz", "DEF")
@@ -258,10 +256,27 @@ def _backward_flops(grad_shape: Any, other_shape: Any, *args: Any, out_shape: An
 
 
 # ------------------------------------------------------------------------------------ decompositions
-# Into plain aten ops, for consumers that ask torch's decomposition table (the dynamo ONNX exporter
-# lowers an ExportedProgram holding these operators through it). Not in torch.export's or inductor's
-# default tables, which keep the operators whole.
+# Not registered in torch's global ``torch._decomp.decomposition_table``: FakeTensorMode prefers a
+# decomposition found there over the fake impl whenever sizes are symbolic, so every dynamic-shape trace
+# (torch.compile(dynamic=True), torch.export) would compute the operator's metadata through the plain
+# formulation (K*K slices with symbolic arithmetic: 20x slower tracing, measured with opcheck).
 
-register_decomposition(_ops.local_aggregation.default)(_aggregation_plain)
-register_decomposition(_ops.local_aggregation_grad_input.default)(_grad_input_plain)
-register_decomposition(_ops.local_aggregation_grad_weight.default)(_grad_weight_plain)
+
+def decompositions() -> dict[Any, Callable[..., Tensor]]:
+    """The three operators in plain aten ops, for ``ExportedProgram.run_decompositions``.
+
+    For a program exported with the operators in it, lowered by a consumer that does not know them
+    (the dynamo ONNX exporter refuses ``cotviz.local_aggregation`` otherwise)::
+
+        table = torch.export.default_decompositions()
+        table.update(cotviz.ops.decompositions())
+        onnx_program = torch.onnx.export(program.run_decompositions(table))
+
+    (``torch.onnx.export(model, ...)`` on the module itself needs none of this: an ONNX export records
+    the plain formulation directly.)
+    """
+    return {
+        _ops.local_aggregation.default: _aggregation_plain,
+        _ops.local_aggregation_grad_input.default: _grad_input_plain,
+        _ops.local_aggregation_grad_weight.default: _grad_weight_plain,
+    }

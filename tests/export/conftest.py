@@ -20,8 +20,7 @@ from cotviz import create_model
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "slow: over 10 s on a loaded 2-core machine (inductor's C++ compilation, torch.export with dynamic "
-        "shapes, the dynamo ONNX exporter); "
+        "markers", "slow: over 10 s on a loaded 2-core machine (inductor's C++ compilation, the dynamo ONNX exporter); "
         "deselect with -m 'not slow'")
 
 

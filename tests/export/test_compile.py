@@ -4,7 +4,7 @@ Before the registered operator, tiny cotnet50 broke into 32 graphs (31 breaks: "
 with non-contiguous `out=` tensor" in every aggregation) and a full-size cotnet50 took 538 s to
 compile. Networks are checked with the ``eager`` backend (Dynamo's graph capture alone, a few seconds);
 the one inductor compile uses the smallest module holding a CoT and a CoXt layer (8 s with inductor's
-cache warm, 43-55 s cold on a loaded 2-core machine, mostly C++ compilation: marked ``slow``).
+cache warm, 34-55 s cold on a loaded 2-core machine, mostly C++ compilation: marked ``slow``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def test_compiled_training_step_matches_eager() -> None:
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.slow  # 8 s with inductor's cache warm, 43-55 s cold on a loaded 2-core machine
+@pytest.mark.slow  # 4-8 s with inductor's cache warm, 34-55 s cold on a loaded 2-core machine
 def test_inductor_fullgraph_cot_and_coxt_layers() -> None:
     layers = randomize_norms(nn.Sequential(CotLayer(32), CoXtLayer(32)), seed=3).eval()
     x = torch.randn(2, 32, 8, 8, generator=torch.Generator().manual_seed(4))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import randomize_norms
 from torch import Tensor, nn
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[dev]')")
@@ -78,17 +79,22 @@ def test_legacy_exporter_keeps_the_aggregation(live_net: Callable[[str], nn.Modu
 
 
 def test_exported_program_with_the_operator_lowers_to_onnx(tmp_path: Path) -> None:
-    # a program exported by the user first holds torch.ops.cotviz.local_aggregation; the dynamo
-    # exporter decomposes it through torch's decomposition table
+    # a program exported by the user first holds torch.ops.cotviz.local_aggregation: the dynamo exporter
+    # refuses it as such, and exports it after cotviz.ops.decompositions()
     from cotviz.layers.cot import CotLayer
+    from cotviz.ops import decompositions
 
-    layer = nn.Sequential(CotLayer(32)).eval()
+    layer = randomize_norms(nn.Sequential(CotLayer(32)), seed=2).eval()
     x = torch.randn(2, 32, 8, 8, generator=torch.Generator().manual_seed(0))
     program = torch.export.export(layer, (x,))
     assert any(n.target is torch.ops.cotviz.local_aggregation.default for n in program.graph.nodes)
-    path = tmp_path / "layer.onnx"
-    onnx_program = torch.onnx.export(program, dynamo=True)
+    with pytest.raises(Exception, match="cotviz.local_aggregation"):
+        torch.onnx.export(program, dynamo=True)
+    table = torch.export.default_decompositions()
+    table.update(decompositions())
+    onnx_program = torch.onnx.export(program.run_decompositions(table), dynamo=True)
     assert onnx_program is not None
+    path = tmp_path / "layer.onnx"
     onnx_program.save(path)
     with torch.no_grad():
         torch.testing.assert_close(_run(path, x), layer(x), atol=TOL, rtol=TOL)

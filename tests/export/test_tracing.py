@@ -33,7 +33,6 @@ def _input_grad(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     return g
 
 
-@pytest.mark.slow  # 7-28 s on a shared 2-core machine (symbolic shapes through the whole network)
 def test_export_with_dynamic_batch_and_size(live_net: Callable[[str], nn.Module], images: Tensor) -> None:
     model = live_net("cotnet50")
     program = torch.export.export(model, (images,), dynamic_shapes={"x": {0: Dim.DYNAMIC, 2: Dim.DYNAMIC,
