@@ -21,6 +21,8 @@ WEIGHTS_DIR = Path(__file__).with_name("weights")
 #: model name -> (file in :data:`WEIGHTS_DIR`, sha256 of the file).
 DEMO_WEIGHTS: dict[str, tuple[str, str]] = {
     "cotnet_demo": ("cotnet_demo.pth", "cbae77dba97ce0c87f386dd8895b1742c7c916952419fe46ae440c7effe38805"),
+    "resnet_demo": ("resnet_demo.pth", "5683a266ba6f09ee9e3c5be53c3e830340becceb8db62ce99c7834543a6e3d79"),
+    "sa_demo": ("sa_demo.pth", "cae45e6826f2a1200898181efe7549ce8a031dc410f55266e9fe32eac9e0ceaf"),
 }
 
 

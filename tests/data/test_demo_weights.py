@@ -15,8 +15,9 @@ from cotviz.models.checkpoint import read_checkpoint
 from cotviz.models.demo import DEMO_WEIGHTS, demo_weights
 from cotviz.resources import torch_threads
 
-#: The accuracy the training run reported on ShapesDataset(2000, seed=1) (float16 weights).
-REPORTED = {"cotnet_demo": 0.987}
+#: The accuracy each training run reported on ShapesDataset(2000, seed=1) (float16 weights); same data, recipe and
+#: budget for all three (python -m cotviz.data.train --model NAME: 32000 images, batch 32, AdamW + OneCycle).
+REPORTED = {"cotnet_demo": 0.987, "resnet_demo": 0.943, "sa_demo": 0.901}
 
 
 @pytest.mark.parametrize("name", sorted(DEMO_WEIGHTS))
@@ -36,11 +37,12 @@ def test_checkpoint_metadata_and_size(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(DEMO_WEIGHTS))
 def test_heldout_accuracy(name: str) -> None:
-    """Recomputed on 300 images of a split no training run used (seed 2): a little below the reported figure."""
+    """Recomputed on 300 images of a split no training run used (seed 2): a little below the reported figure
+    (binomial std of 300 draws at 0.9: 1.7 points)."""
     model = create_model(name, weights="demo")
     with torch_threads(1):
         acc = evaluate(model, ShapesDataset(300, seed=2, size=model.pretrained_cfg.image_size))
-    assert acc >= REPORTED[name] - 0.03, acc
+    assert acc >= REPORTED[name] - 0.04, acc
 
 
 def test_demo_weights_refusals(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
