@@ -15,8 +15,8 @@ Each has
   :mod:`cotviz.ops.aggregation`, plain tensor ops, so CUDA tensors take the same algorithm;
 - a fake (meta) implementation with the same checks, working on symbolic sizes (``torch._check``),
   so torch.compile / torch.export trace the operator as one node with dynamic batch and H, W;
-- an autograd formula (an autograd.Function with ``setup_context``, so torch.func works) made of
-  the three operators themselves. The aggregation is bilinear in
+- an autograd formula made of the three operators themselves (torch.func transforms and forward-mode
+  AD run the same maps in plain differentiable torch ops). The aggregation is bilinear in
   (x, weight) and its two backward maps are bilinear too, so every derivative is one of the three:
   with ``<.,.>`` the sum of products, ``<agg(x, w), g> = <x, grad_x(g, w)> = <w, grad_w(g, x)>``, hence
   ``d grad_x(g, w) = grad_x(dg, w) + grad_x(g, dw)`` has the adjoints ``agg(., w)`` (for g) and
@@ -111,7 +111,9 @@ def _grad_weight_fake(grad: Tensor, x: Tensor, cw: Any, kernel_size: int, stride
 # ----------------------------------------------------------------------------------------- autograd
 # Registered on the Autograd key by hand: ``torch.library.register_autograd`` builds an
 # autograd.Function without a ``setup_context`` staticmethod, which torch.func refuses
-# (pytorch/pytorch#168393, #179652). Backward formulas take (ctx, upstream gradient) with
+# (pytorch/pytorch#168393, #179652), and no autograd.Function can join torch.func's transforms from
+# inside an operator kernel anyway (its custom_function_call finds no kernel below the functorch
+# layer), so under torch.func (and forward-mode AD) the kernel runs the plain formulation instead. Backward formulas take (ctx, upstream gradient) with
 # ``ctx.saved_tensors`` = the operator's two tensor arguments and ``ctx.geometry`` = its last four ints.
 
 Backward = Callable[[Any, Tensor], tuple[Tensor | None, Tensor | None]]
@@ -158,7 +160,7 @@ def _has_tangent(t: Tensor) -> bool:
 def _register_autograd(name: str, backward: Backward, plain: Callable[..., Tensor]) -> None:
     """Autograd kernel of ``cotviz::name``.
 
-    Reverse mode: an autograd.Function whose backward is :data:`backward` (the registered operators).
+    Reverse mode: an autograd.Function whose backward is ``backward`` (the registered operators).
     Forward-mode AD and torch.func's grad transforms (whose bookkeeping cannot enter an
     autograd.Function from inside an operator kernel) get ``plain``: the same map in plain
     differentiable torch ops, so jvp / jacfwd / hessian / grad are exact there too.
@@ -171,14 +173,14 @@ def _register_autograd(name: str, backward: Backward, plain: Callable[..., Tenso
         return out
 
     class Function(torch.autograd.Function):
+        # forward(ctx, ...) rather than a separate setup_context: Function.apply binds the arguments
+        # with inspect.signature on every call when setup_context is defined (~0.1 ms measured), and
+        # torch.func never reaches this class (autograd_kernel hands it ``plain``)
         @staticmethod
-        def forward(*args: Any) -> Tensor:
+        def forward(ctx: Any, *args: Any) -> Tensor:  # type: ignore[override]
+            ctx.save_for_backward(args[0], args[1])
+            ctx.geometry = tuple(args[-4:])
             return below_autograd(*args)
-
-        @staticmethod
-        def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-            ctx.save_for_backward(inputs[0], inputs[1])
-            ctx.geometry = tuple(inputs[-4:])
 
         @staticmethod
         def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
