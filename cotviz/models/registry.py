@@ -24,6 +24,7 @@ from torch import nn
 from cotviz.errors import InvalidArgumentError, UnknownModelError
 from cotviz.models.checkpoint import load_checkpoint
 from cotviz.models.configs import PaperResult, PretrainedCfg
+from cotviz.models.demo import DEMO, demo_weights
 from cotviz.resources import check_memory, format_bytes
 
 __all__ = ["ModelEntry", "create_model", "list_models", "model_entry", "register_model", "registered_shapes",
@@ -307,5 +308,6 @@ def create_model(name: str, *, weights: str | os.PathLike[str] | None = None, se
     model.pretrained_cfg = cfg  # type: ignore[assignment]
     model.model_name = entry.name  # type: ignore[assignment]
     if weights is not None:
+        weights = demo_weights(entry.name) if os.fspath(weights) == DEMO else weights  # shipped: models/demo.py
         load_checkpoint(model, Path(weights), candidates=registered_shapes(), allow_nonfinite=allow_nonfinite)
     return model.eval()
