@@ -1236,7 +1236,7 @@ def _persistent(self: _U, pid: Any) -> Any:
         if not isinstance(key, str):
             raise pickle.UnpicklingError("invalid storage reference")
         if ctx.records is not None:
-            size = ctx.records.get(f"data/{key[:200]}")
+            size = ctx.records.get(f"data/{key}")
             if size is None:
                 raise RefusedPickle("corrupt", f"the pickle refers to a storage data/{key[:40]} the archive lacks")
             if size != nbytes:

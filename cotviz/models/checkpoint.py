@@ -266,6 +266,9 @@ def _check_torch_zip(path: Path, size: int) -> dict[str, int]:
     except Exception:  # noqa: BLE001 - BadZipFile, NotImplementedError (zip version), OSError, struct.error, ...
         raise corrupt from None
     names = [i.filename for i in infos]
+    if len(set(names)) != len(names):  # zipfile and torch's reader may each take another copy
+        raise CheckpointError(f"{path.name} is a zip archive with duplicate entries (torch.save writes each once): "
+                              "a tampered or broken file")
     if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
         raise CheckpointError(f"{path} is a TorchScript archive, not a checkpoint: in a trusted environment "
                               "save its weights with torch.save(torch.jit.load(path).state_dict(), 'w.pth')")

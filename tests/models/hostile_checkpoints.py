@@ -369,3 +369,16 @@ def future_zip_version(data: bytes) -> bytes:
     fuzz tests: ``zipfile`` raises ``NotImplementedError`` for it)."""
     at = data.find(b"PK\x01\x02")
     return data[:at + 6] + struct.pack("<H", 64) + data[at + 8:]
+
+
+def duplicate_entry_zip(data_pkl: bytes, bigger: bytes) -> bytes:
+    """A torch zip with two ``archive/data.pkl`` entries (``zipfile`` reads the last, another reader may not)."""
+    import warnings
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(buf, "w") as zf:
+        warnings.simplefilter("ignore", UserWarning)  # "Duplicate name"
+        zf.writestr("archive/data.pkl", bigger)
+        zf.writestr("archive/data.pkl", data_pkl)
+        zf.writestr("archive/version", b"3\n")
+    return buf.getvalue()

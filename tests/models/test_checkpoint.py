@@ -887,7 +887,9 @@ def test_nested_torch_load_is_neutralized_and_reported(tmp_path: Path) -> None:
      "is a zip archive of 10,000,000 entries"),
     (b"\x80\x02" + b"\x00" * 255 + b"ustar\x0000" + b"\x00" * 300, "it looks like a tar archive"),
     (hc.future_zip_version(hc.zip_state_dict({"w": torch.ones(2)})), "is truncated or corrupt"),
-], ids=["storage-size", "storage-missing", "text-persid", "extension-code", "zip-entries", "tar", "zip-version"])
+    (hc.duplicate_entry_zip(hc.with_weights(), hc.many_list_items(1000)), "a zip archive with duplicate entries"),
+], ids=["storage-size", "storage-missing", "text-persid", "extension-code", "zip-entries", "tar", "zip-version",
+        "duplicate-entries"])
 def test_inconsistent_or_foreign_files_are_one_clean_line(tmp_path: Path, data: bytes, expected: str) -> None:
     if expected.startswith("is corrupt (storage"):  # the pickle claims 1000 floats for the 16-byte record
         data = hc.torch_zip(hc.P2 + hc.dict_((hc.string("w"), hc.tensor("0", 1000))) + pickle.STOP,
