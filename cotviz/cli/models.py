@@ -17,6 +17,7 @@ __all__ = ["models"]
 
 def _rows(pattern: str) -> list[dict[str, Any]]:
     from cotviz.errors import UnknownModelError
+    from cotviz.models.demo import DEMO_ACCURACY
     from cotviz.models.meta import model_figures
     from cotviz.models.registry import list_models, model_entry
 
@@ -37,6 +38,7 @@ def _rows(pattern: str) -> list[dict[str, Any]]:
             "interpolation": cfg.interpolation,
             "cot_layers": figures.cot_layers,
             "paper_top1": entry.paper.top1 if entry.paper else None,
+            "demo_heldout_top1": DEMO_ACCURACY.get(name),
             "description": entry.description or (entry.builder.__doc__ or "").strip().splitlines()[0],
         })
     return rows
@@ -55,7 +57,8 @@ def models(
     from rich.table import Table
 
     table = Table(title="cotviz models", title_justify="left",
-                  caption="size: pretrained input (px); CoT: number of CoT layers; top-1: official README, ImageNet val",
+                  caption="size: pretrained input (px); CoT: number of CoT layers; top-1: official README, ImageNet val "
+                          "(demo models: held-out cotviz.data shapes, weights='demo')",
                   caption_justify="left")
     table.add_column("name", no_wrap=True)
     table.add_column("aliases", no_wrap=True)
@@ -64,5 +67,6 @@ def models(
     for r in rows:
         table.add_row(r["name"], ", ".join(r["aliases"]), f"{r['params'] / 1e6:.2f}M", str(r["input_size"]),
                       f"{r['crop_pct']:.3f}", str(r["cot_layers"]),
-                      f"{r['paper_top1']:.1f}%" if r["paper_top1"] is not None else "-")
+                      f"{r['paper_top1']:.1f}%" if r["paper_top1"] is not None else
+                      f"{r['demo_heldout_top1']:.1f}% shapes" if r["demo_heldout_top1"] is not None else "-")
     console().print(table)

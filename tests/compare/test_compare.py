@@ -110,3 +110,12 @@ def test_cli_formats_and_errors(tmp_path: Path) -> None:
     r = runner.invoke(app, ["compare", "--blocks", "cot,bogus"])
     assert r.exit_code == 2 and r.stderr.strip().startswith("error:") and "bogus" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_table_and_csv() -> None:
+    runner = CliRunner()
+    r = runner.invoke(app, ["compare", "--blocks", "cot,sa", "--size", "64"], env={"COLUMNS": "120"})
+    assert r.exit_code == 0, r.output
+    assert "cotviz compare · cotnet50 @ 64 px" in r.stdout and "│ sa " in r.stdout
+    r = runner.invoke(app, ["compare", "--blocks", "sa", "--size", "64", "--format", "csv"])
+    assert r.exit_code == 0 and "sa,macs_complete[local relation]," in r.stdout

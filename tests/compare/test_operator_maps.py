@@ -95,3 +95,12 @@ def test_capture_without_taps_records_what_the_operator_has() -> None:
     with torch.inference_mode(), capture(model, stages=[3]) as cap:
         model(torch.randn(1, 3, 64, 64))
     assert cap["stage3.block1"].taps == ("attention", "output")
+
+
+@pytest.mark.parametrize("spec", ["sa", "static", "dynamic"])
+def test_no_hook_is_left_after_a_failing_forward(spec: str) -> None:
+    model = create_model("cotnet50", spatial_layer=spec, **TINY)
+    with pytest.raises(RuntimeError), torch.inference_mode(), capture(model, stages=[3]):
+        model(torch.randn(1, 5, 64, 64))  # wrong channel count: the stem raises
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks

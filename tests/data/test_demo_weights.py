@@ -65,3 +65,11 @@ def test_demo_spelling_through_the_runner_policy() -> None:
     loaded = load_model("cotnet_demo", Path("demo"))
     assert loaded.untrained is False and loaded.weights is not None
     assert loaded.weights.path == demo_weights("cotnet_demo")
+
+
+@pytest.mark.parametrize("name", ["cotnet_demo", "resnet_demo", "sa_demo"])
+def test_listed_accuracy_is_the_recorded_one(name: str) -> None:
+    from cotviz.models.demo import DEMO_ACCURACY, demo_weights
+
+    meta = torch.load(demo_weights(name), weights_only=True)["meta"]
+    assert DEMO_ACCURACY[name] == round(100 * meta["heldout_acc"], 1)
