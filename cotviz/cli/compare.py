@@ -15,15 +15,9 @@ import typer
 
 from cotviz.cli._common import FLAG, console, handle_errors, settle_gc, write_output
 from cotviz.formats import FigureFormat
+from cotviz.formats import ReportFormat as Format
 
 __all__ = ["compare", "split_specs"]
-
-
-class Format(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-    markdown = "markdown"
 
 
 class Paper(str, Enum):

@@ -17,18 +17,12 @@ import typer
 from cotviz.analysis.catalog import MAP_INFO
 from cotviz.cli._common import FLAG, console, err_console, handle_errors, settle_gc, write_output
 from cotviz.formats import FigureFormat
+from cotviz.formats import ReportFormat as Format
 
 __all__ = ["sanity"]
 
 #: ``--map`` choices, from the map registry.
 MapName = Enum("MapName", {n: n for n in MAP_INFO}, type=str)  # type: ignore[misc]
-
-
-class Format(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-    markdown = "markdown"
 
 
 class ModeChoice(str, Enum):
