@@ -188,6 +188,9 @@ def attention(
     dpi: Annotated[int, typer.Option("--dpi", metavar="N", help="Figure resolution (PNG).")] = 100,
     json_out: Annotated[bool, typer.Option("--json", metavar=FLAG,
                                            help="Print a machine-readable summary on stdout.")] = False,
+    allow_nonfinite: Annotated[bool, typer.Option(
+        "--allow-nonfinite", metavar=FLAG, help="Load --weights even if they hold NaN/Inf (refused by default); "
+                                                "non-finite maps are then reported and the exit code is 1.")] = False,
     no_memory_check: Annotated[bool, typer.Option(
         "--no-memory-check", metavar=FLAG, help="Run even when the forward's estimated memory exceeds what is "
                                                 "available (by default such a size or batch is refused).")] = False,
@@ -205,6 +208,7 @@ def attention(
                 json_out=json_out, threads=threads, size=size, crop_pct=crop_pct, no_crop=no_crop,
                 model=model, stage=stage, blocks=block, head=head, maps=[m.value for m in map_] if map_ else None,
                 point=point, gradcam=gradcam, target=target, weights=weights, num_classes=num_classes,
-                device=device.value, memory_check=not no_memory_check)
+                device=device.value, memory_check=not no_memory_check,
+                allow_nonfinite=allow_nonfinite)
     if code:
         raise typer.Exit(code)

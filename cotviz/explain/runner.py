@@ -117,6 +117,8 @@ class Explainer:
         device: ``"cpu"`` / ``"cuda"`` / ``"cuda:N"``.
         memory_check: refuse (``ResourceLimitError``, before allocating) a batch whose forward would need more
             memory than the device has available (:func:`cotviz.profile.estimate_forward_memory`).
+        allow_nonfinite: load ``weights`` even if they hold NaN/Inf (refused by default); the maps that come out
+            non-finite are then listed in ``Explanation.nonfinite``.
     """
 
     def __init__(self, model: nn.Module | str | LoadedModel, *, stage: int = 3, blocks: Iterable[int] | None = None,
@@ -124,7 +126,8 @@ class Explainer:
                  gradcam: bool = False, target: int | None = None,
                  preprocess: PreprocessConfig | Mapping[str, Any] | None = None,
                  weights: str | os.PathLike[str] | None = None, num_classes: int | None = None,
-                 device: str | torch.device | None = None, memory_check: bool = True) -> None:
+                 device: str | torch.device | None = None, memory_check: bool = True,
+                 allow_nonfinite: bool = False) -> None:
         if target is not None:
             if isinstance(target, bool) or not isinstance(target, int) or target < 0:
                 raise InvalidArgumentError(f"--target must be a class index >= 0, got {target}")
@@ -159,7 +162,7 @@ class Explainer:
         self._checked: set[tuple[int, int]] = set()
         self._check_memory(net, name, self.preprocess.input_size, 1)  # before weights load or an image is decoded
         if isinstance(model, str):
-            self.loaded: LoadedModel = finish_model(net, name, weights)
+            self.loaded: LoadedModel = finish_model(net, name, weights, allow_nonfinite=allow_nonfinite)
             if self.loaded.untrained:
                 warnings.warn(untrained_message(name), UntrainedModelWarning, stacklevel=_caller_level())
         elif isinstance(model, LoadedModel):

@@ -187,10 +187,11 @@ def new_model(name: str, *, untrained: bool, num_classes: int | None = None, **o
     return create_model(name, seed=RANDOM_INIT_SEED, **overrides)
 
 
-def finish_model(model: nn.Module, name: str, weights: str | os.PathLike[str] | None) -> LoadedModel:
-    """Load ``weights`` into ``model`` (safely, strictly: ``CheckpointError`` when it does not fit; ``"demo"``: the
-    shipped demo checkpoint, :mod:`cotviz.models.demo`), or turn it into the untrained demo network when ``weights``
-    is None."""
+def finish_model(model: nn.Module, name: str, weights: str | os.PathLike[str] | None, *,
+                 allow_nonfinite: bool = False) -> LoadedModel:
+    """Load ``weights`` into ``model`` (safely, strictly: ``CheckpointError`` when it does not fit or holds NaN/Inf
+    unless ``allow_nonfinite``; ``"demo"``: the shipped demo checkpoint, :mod:`cotviz.models.demo`), or turn it into
+    the untrained demo network when ``weights`` is None."""
     if weights is None:
         init = (f"{UNTRAINED_NOTE}: calibration over {CALIBRATION_BATCH} smooth-noise images of "
                 f"{CALIBRATION_SIDE} px; the network is UNTRAINED")
@@ -201,7 +202,8 @@ def finish_model(model: nn.Module, name: str, weights: str | os.PathLike[str] | 
 
     if os.fspath(weights) == DEMO:  # the shipped demo checkpoint of this architecture (also Path("demo"))
         weights = demo_weights(str(getattr(model, "model_name", name)))
-    info = load_checkpoint(model, Path(weights), candidates=registered_shapes())  # names the variant it fits
+    info = load_checkpoint(model, Path(weights), candidates=registered_shapes(),  # names the variant it fits
+                           allow_nonfinite=allow_nonfinite)
     model.eval()
     return LoadedModel(model, name, info, False,
                        f"checkpoint {info.path.name} ({info.source}{', EMA' if info.used_ema else ''})")

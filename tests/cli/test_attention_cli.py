@@ -53,7 +53,11 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     sd["layer1.0.conv2.bn.running_var"] = sd["layer1.0.conv2.bn.running_var"].clone()
     sd["layer1.0.conv2.bn.running_var"][0] = -1.0
     torch.save(sd, d / "overflow.pt")
-    return {"ten": d / "ten.pt", "overflow": d / "overflow.pt"}
+    sd["layer1.0.conv2.bn.running_var"][0] = 1.0
+    sd["layer1.0.conv1.weight"] = sd["layer1.0.conv1.weight"].clone()
+    sd["layer1.0.conv1.weight"][0, 0] = float("nan")
+    torch.save(sd, d / "nan.pt")
+    return {"ten": d / "ten.pt", "overflow": d / "overflow.pt", "nan": d / "nan.pt"}
 
 
 def invoke(runner: CliRunner, args: list[str]) -> Any:
@@ -291,3 +295,18 @@ def test_settle_gc_does_nothing_unless_deferred() -> None:
     frozen = gc.get_freeze_count()
     settle_gc()  # CliRunner / library use: no defer_gc() ran
     assert gc.isenabled() and gc.get_freeze_count() == frozen
+
+
+def test_nan_weights_are_refused_unless_allowed(runner: CliRunner, checkpoints: dict[str, Path],
+                                                tmp_path: Path) -> None:
+    args = [str(COFFEE), "--stage", "1", "--block", "1", "--size", "64", "--weights", str(checkpoints["nan"]),
+            "--num-classes", "10", "--out", str(tmp_path)]
+    r = invoke(runner, args)
+    assert r.exit_code == 1, r.output
+    (line,) = error_lines(r.stderr)
+    assert "non-finite values (NaN/Inf)" in line and "layer1.0.conv1.weight" in line
+    assert not list(tmp_path.glob("*.png"))  # refused before anything ran
+    r = invoke(runner, [*args, "--allow-nonfinite"])
+    assert r.exit_code == 1, r.output  # loaded, and the NaN reaches the maps: reported, exit 1
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert line.startswith(f"error: {COFFEE}: non-finite values (NaN/Inf) in stage1.block1/")
