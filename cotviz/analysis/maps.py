@@ -105,26 +105,6 @@ def dynamic_share_map(static_context: Tensor, dynamic_context: Tensor, fusion_we
     return torch.where(torch.isfinite(total), share, torch.full_like(total, math.nan))  # NaN/Inf stays visible
 
 
-def _window_probabilities(record: Record) -> Tensor:
-    """(B, M, K*K, H, W): the attention as a distribution over the window -- softmax(A) for CoT's GroupNorm
-    output, A itself for an operator whose attention already is a softmax (local self-attention)."""
-    a = record.heads("attention").float()
-    return a if record.attention_normalization == "softmax" else torch.softmax(a, dim=2)
-
-
-def _entropy(record: Record) -> Tensor:
-    p = _window_probabilities(record)  # (B, M, KK, H, W)
-    return -(p * p.clamp_min(torch.finfo(p.dtype).tiny).log()).sum(dim=2)  # (B, M, H, W); 0 log 0 = 0
-
-
-def _center(record: Record) -> Tensor:
-    p = _window_probabilities(record)  # (B, M, KK, H, W)
-    kk = p.shape[2]
-    if math.isqrt(kk) ** 2 != kk or math.isqrt(kk) % 2 == 0:
-        raise CaptureError(f"{record.name}: attention window has {kk} positions, not an odd square K*K; no centre")
-    return p[:, :, kk // 2]
-
-
 def _attention_map(stat: Callable[[Record], Tensor]) -> MapFn:
     def compute(record: Record, head: int | None) -> Tensor:
         return select_head(stat(record), head)
@@ -146,8 +126,8 @@ def _dynamic_share(record: Record, head: int | None) -> Tensor:
 
 _COMPUTE: dict[str, MapFn] = {
     "attention_energy": _attention_map(stats.attention_energy),
-    "attention_entropy": _attention_map(_entropy),
-    "center_weight": _attention_map(_center),
+    "attention_entropy": _attention_map(stats.attention_entropy),
+    "center_weight": _attention_map(stats.center_weight_share),
     "static_energy": _context_map("static_context"),
     "dynamic_energy": _context_map("dynamic_context"),
     "dynamic_share": _dynamic_share,

@@ -45,27 +45,37 @@ def attention_energy(attn: Tensor | Record, *, groups: int = 1) -> Tensor:
     return torch.linalg.vector_norm(a, dim=2)
 
 
-def attention_entropy(attn: Tensor | Record, *, groups: int = 1) -> Tensor:
-    """Entropy in nats of softmax(A) over the K*K window: ``-sum_k p_k log p_k``, ``p = softmax_k(A)``.
+def _is_distribution(attn: Tensor | Record) -> bool:
+    """Whether the attention already is a softmax over the window (a record of local self-attention)."""
+    return isinstance(attn, Record) and attn.attention_normalization == "softmax"
 
-    A itself is not a distribution; this is the entropy of its softmax, in [0, log(K*K)]
-    (log 9 = 2.197 for K = 3: uniform; 0: all weight on one position). Returns (B, heads, H, W).
+
+def attention_entropy(attn: Tensor | Record, *, groups: int = 1) -> Tensor:
+    """Entropy in nats of the attention over the K*K window: ``-sum_k p_k log p_k``.
+
+    ``p = softmax_k(A)`` for CoT's A (a GroupNorm output, not a distribution: this is the entropy of its softmax);
+    ``p = A`` for a record whose attention already is a softmax (``Record.attention_normalization == "softmax"``,
+    local self-attention). In [0, log(K*K)] (log 9 = 2.197 for K = 3: uniform; 0: all weight on one position).
+    Returns (B, heads, H, W).
     """
-    logp = torch.log_softmax(_heads(attn, groups).float(), dim=2)  # (B, heads, KK, H, W)
+    a = _heads(attn, groups).float()  # (B, heads, KK, H, W)
+    if _is_distribution(attn):
+        return -(a * a.clamp_min(torch.finfo(a.dtype).tiny).log()).sum(dim=2)  # 0 log 0 = 0
+    logp = torch.log_softmax(a, dim=2)  # (B, heads, KK, H, W)
     return -(logp.exp() * logp).sum(dim=2)
 
 
 def center_weight_share(attn: Tensor | Record, *, groups: int = 1) -> Tensor:
-    """Share of the window centre after softmax over the window: ``p_c``, ``c = (K*K - 1) / 2``.
-
-    1/(K*K) when the attention is flat. Returns (B, heads, H, W).
+    """Share of the window centre, ``p_c`` with ``c = (K*K - 1) / 2`` and ``p`` as in :func:`attention_entropy`
+    (softmax(A) for CoT, A itself for a softmax attention). 1/(K*K) when the attention is flat.
+    Returns (B, heads, H, W).
     """
     a = _heads(attn, groups).float()  # (B, heads, KK, H, W)
     kk = a.shape[2]
     k = math.isqrt(kk)
     if k * k != kk or k % 2 == 0:
         raise CaptureError(f"attention window has {kk} positions, not an odd square K*K; no centre")
-    return torch.softmax(a, dim=2)[:, :, kk // 2]
+    return (a if _is_distribution(attn) else torch.softmax(a, dim=2))[:, :, kk // 2]
 
 
 def context_energy(ctx: Tensor | Record, name: str = "static_context") -> Tensor:
