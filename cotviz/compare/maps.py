@@ -32,7 +32,8 @@ def explain_operators(specs: Sequence[str], image: ImageInput, *, skeleton: str 
                       preprocess: Mapping[str, Any] | None = None) -> dict[str, Explanation | str]:
     """spec -> the Explanation of ``image`` at ``stage`` (one block: ``block``, default the stage's last block with
     attention), or a sentence saying why the operator has none."""
-    from cotviz.compare.runner import _has_attention
+    from cotviz.capture import cot_blocks
+    from cotviz.models.meta import build_meta_model
 
     weights = dict(weights or {})
     unknown = sorted(set(weights) - set(specs))
@@ -41,16 +42,13 @@ def explain_operators(specs: Sequence[str], image: ImageInput, *, skeleton: str 
                                    f"({', '.join(specs)})")
     out: dict[str, Explanation | str] = {}
     for spec in specs:
-        lm = load_model(skeleton, weights.get(spec), label=f"{skeleton}[{spec}]", spatial_layer=spec)
-        if not _has_attention(lm.model):
-            out[spec] = "no local attention in this operator"
-            continue
-        from cotviz.capture import cot_blocks
-
-        with_attention = [b.block for b in cot_blocks(lm.model) if b.stage == stage and "attention" in b.taps]
+        layout = build_meta_model(skeleton, spatial_layer=spec)  # the layout only: no weights, no calibration
+        attending = [b for b in cot_blocks(layout) if "attention" in b.taps]
+        with_attention = [b.block for b in attending if b.stage == stage]
         if not with_attention:
-            out[spec] = f"no attention in stage {stage}"
+            out[spec] = "no local attention in this operator" if not attending else f"no attention in stage {stage}"
             continue
+        lm = load_model(skeleton, weights.get(spec), label=f"{skeleton}[{spec}]", spatial_layer=spec)
         chosen = block if block is not None else with_attention[-1]
         explainer = Explainer(lm, stage=stage, blocks=[chosen], maps=maps, preprocess=preprocess)
         out[spec] = explainer.explain(image)

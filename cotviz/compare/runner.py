@@ -125,9 +125,9 @@ def _build(skeleton: str, spec: str, *, meta: bool) -> nn.Module:
 
 def _has_attention(model: nn.Module) -> bool:
     """Whether any operator of ``model`` exposes an ``attention`` tap (a local k x k attention to show)."""
-    from cotviz.layers.tap import Tap
+    from cotviz.capture import cot_blocks
 
-    return any(isinstance(getattr(m, "attention", None), Tap) for m in model.modules())
+    return any("attention" in b.taps for b in cot_blocks(model))
 
 
 def _interleaved(models: list[nn.Module], x: torch.Tensor, *, warmup: int, repeats: int,
@@ -198,16 +198,17 @@ def compare(specs: Sequence[str] | None = None, *, paper: str | None = None, ske
     if measure:
         info = {"device": str(dev), "threads": threads or torch.get_num_threads(), "channels_last": channels_last,
                 "warmup": warmup, "repeats": repeats, "order": "interleaved: every row once per round"}
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        if memory_check:
+            for r in rows:
+                b = max(int(x) for x in batches)
+                check_forward_memory(r.complete.memory.forward_bytes * b // max(batch, 1), r.spec, size=size,
+                                     batch=b, device=dev)
+        models = [_build(name, r.spec, meta=False).to(dev, memory_format=fmt).eval()  # type: ignore[call-overload]
+                  for r in rows]  # built once, timed at every batch size
         with torch_threads(threads):
             info["threads"] = torch.get_num_threads()
             for b in batches:
-                if memory_check:
-                    for r in rows:
-                        check_forward_memory(r.complete.memory.forward_bytes * int(b) // max(batch, 1), r.spec,
-                                             size=size, batch=int(b), device=dev)
-                fmt = torch.channels_last if channels_last else torch.contiguous_format
-                models = [_build(name, r.spec, meta=False).to(dev, memory_format=fmt).eval()  # type: ignore[call-overload]
-                          for r in rows]
                 gen = torch.Generator().manual_seed(0)
                 x = torch.randn(int(b), 3, size, size, generator=gen).to(dev, memory_format=fmt)
                 results = _interleaved(models, x, warmup=warmup, repeats=repeats, device=dev)
@@ -215,5 +216,5 @@ def compare(specs: Sequence[str] | None = None, *, paper: str | None = None, ske
                 for r, (times, peak) in zip(rows, results, strict=True):
                     q1, med, q3 = _quartiles(times)
                     r.timings.append(Timing(int(b), med, q1, q3, med / first, peak, tuple(times)))
-                del models
+        del models
     return Comparison(name, size, batch, paper, rows, info)
