@@ -49,6 +49,7 @@ __all__ = [
     "make_untrained",
     "new_model",
     "pretrained_cfg_of",
+    "scale_residual_branches",
 ]
 
 #: Seed of the random initialisation used when no weights are given.
@@ -115,18 +116,24 @@ def pretrained_cfg_of(model: nn.Module) -> PretrainedCfg:
     return cfg
 
 
+def scale_residual_branches(model: nn.Module, scale: float = RESIDUAL_SCALE) -> None:
+    """Set the last BN weight of every bottleneck of ``model`` to ``scale`` (live residual branches, neither off
+    as the official zero init nor full strength): the untrained demo network's and the sanity randomisation's step."""
+    from cotviz.models.resnet import Bottleneck
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, Bottleneck):
+                m.bn3.weight.fill_(scale)
+
+
 def make_untrained(model: nn.Module) -> nn.Module:
     """Turn ``model`` (built with ``zero_init_last_bn=False``) into the untrained demo network, in eval mode.
 
     Every bottleneck's last BN weight is set to :data:`RESIDUAL_SCALE`, then :func:`calibrate_batchnorm`
     sets the BN statistics (see the module docstring for why). Modifies and returns ``model``.
     """
-    from cotviz.models.resnet import Bottleneck
-
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, Bottleneck):
-                m.bn3.weight.fill_(RESIDUAL_SCALE)
+    scale_residual_branches(model)
     cfg = pretrained_cfg_of(model)
     calibrate_batchnorm(model, mean_std=(cfg.mean, cfg.std))
     return model.eval()

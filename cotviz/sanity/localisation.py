@@ -37,14 +37,13 @@ from cotviz.io import expand_inputs
 from cotviz.io.outputs import json_text
 from cotviz.models.untrained import LoadedModel, describe_model, load_model
 from cotviz.sanity.randomize import SEED, Randomizer
+from cotviz.sanity.runner import GRADCAM, MASK_SUFFIX
 
 __all__ = ["METRICS", "LocalisationResult", "baselines", "localisation", "localisation_note", "localisation_rows",
            "mask_path", "masked_inputs", "render_localisation"]
 
-GRADCAM = "gradcam"
 #: Metric name -> function of (map upsampled to the model input, mask in model-input pixels).
 METRICS = {"mass_ratio": relevance_mass_ratio, "pointing": pointing_game, "auc": roc_auc}
-MASK_SUFFIX = ".mask"
 
 
 def mask_path(image: Path) -> Path:

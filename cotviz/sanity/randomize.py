@@ -31,7 +31,11 @@ import torch
 from torch import nn
 
 from cotviz.errors import InvalidArgumentError
-from cotviz.models.untrained import RESIDUAL_SCALE, calibrate_batchnorm, pretrained_cfg_of
+from cotviz.models.untrained import (
+    calibrate_batchnorm,
+    pretrained_cfg_of,
+    scale_residual_branches,
+)
 
 __all__ = ["SEED", "Mode", "RandomizationStep", "Randomizer", "Unit", "randomization_units"]
 
@@ -144,10 +148,7 @@ class Randomizer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             fresh.init_weights()  # type: ignore[operator]
-        with torch.no_grad():
-            for m in fresh.modules():
-                if _is_block(m):
-                    m.get_parameter("bn3.weight").fill_(RESIDUAL_SCALE)  # live residual branches, as the untrained demo network
+        scale_residual_branches(fresh)  # live residual branches, as the untrained demo network
         self._fresh = fresh.state_dict()
         self._keys = {u.name: _unit_state_keys(model, u) for u in self.units}
 

@@ -35,6 +35,8 @@ __all__ = ["GRADCAM", "SanityResult", "SanityStep", "sanity"]
 
 #: The name Grad-CAM has among the maps of a sanity result.
 GRADCAM = "gradcam"
+#: ``IMAGE.mask.png`` beside ``IMAGE.png`` is the ground-truth mask of that image (never an input to explain).
+MASK_SUFFIX = ".mask"
 ProgressFn = Callable[[str, int, int], None]
 
 
@@ -109,7 +111,7 @@ def _inputs(images: Any) -> tuple[list[Any], list[tuple[str, str]]]:
         if isinstance(item, (str, os.PathLike)):
             expanded = expand_inputs([item])
             problems += [(p.item, p.message) for p in expanded.problems]
-            out += [p for p in expanded.paths if not p.stem.endswith(".mask")]  # IMAGE.mask.png: a mask
+            out += [p for p in expanded.paths if not p.stem.endswith(MASK_SUFFIX)]  # IMAGE.mask.png: a mask
         else:
             out.append(item)
     return out, problems
@@ -212,6 +214,7 @@ def sanity(model: nn.Module | LoadedModel, images: Any, *, stage: int = 3, maps:
                         values[n].append(_similarity(originals[i][n], now[n]))
                     if examples and i == 0:
                         kept[mode][step.index] = {n: now[n][-1] for n in names}
+                del explainer  # it holds the randomised copy: free it before the next step builds another
             mean, std, count = {}, {}, {}
             for n in names:
                 v = np.array([x for x in values[n] if math.isfinite(x)])
