@@ -53,19 +53,6 @@ class _Unfused(CotLayer):
         super().__init__(dim, kernel_size, **kwargs)
         del self.se, self.fusion_weights
 
-    def _contexts(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(K1, K2), both (B, C, H, W), computed and tapped as in :meth:`CotLayer.forward`."""
-        b, c, h, w = x.shape
-        g, kk = self.cardinality, self.kernel_size * self.kernel_size
-        maps = self.dim // self.share_planes // g  # attention maps per group, C/(8g)
-        k = self.static_context(self.key_embed(x))  # (B, C, H, W)
-        attn = self.embed(self._query_key(x, k))  # (B, KK*C/8, H, W)
-        # reshape, not view: for CoXt (g = 2) a channels-last tensor cannot merge B and the group without a copy
-        attn = self.attention(attn.reshape(b * g, 1, maps, kk, h, w))  # (B*g, 1, C/(8g), KK, H, W)
-        v = self.conv1x1(x).reshape(b * g, c // g, h, w)  # (B*g, C/g, H, W)
-        v = self.local_conv(v, attn).reshape(b, c, h, w)  # (B, C, H, W)
-        return k, self.dynamic_context(self.act(self.bn(v)))
-
 
 class CotDynamic(_Unfused):
     """Dynamic context only: Y = K2 (K1 still computed: it feeds the attention). Taps: all but ``fusion_weights``."""

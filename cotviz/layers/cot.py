@@ -106,7 +106,8 @@ class CotLayer(nn.Module):
         # CoXt interleaves: (B, C, 2, H, W) -> (B, 2C, H, W) = x0, k0, x1, k1, ...
         return torch.stack([x, k], dim=2).reshape(b, 2 * c, h, w)  # a copy only for channels-last inputs
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _contexts(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(K1, K2), both (B, C, H, W), through their taps (and the attention through its tap)."""
         b, c, h, w = x.shape
         g, kk = self.cardinality, self.kernel_size * self.kernel_size
         maps = self.dim // self.share_planes // g  # attention maps per group, C/(8g); explicit so B = 0 works
@@ -117,7 +118,11 @@ class CotLayer(nn.Module):
         attn = self.attention(attn.reshape(b * g, 1, maps, kk, h, w))
         v = self.conv1x1(x).reshape(b * g, c // g, h, w)  # (B*g, C/g, H, W)
         v = self.local_conv(v, attn).reshape(b, c, h, w)  # (B, C, H, W)
-        v = self.dynamic_context(self.act(self.bn(v)))  # (B, C, H, W)
+        return k, self.dynamic_context(self.act(self.bn(v)))  # K1, K2
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c = x.shape[:2]
+        k, v = self._contexts(x)  # (B, C, H, W) each
         gap = v.mean((2, 3), keepdim=True) + k.mean((2, 3), keepdim=True)  # (B, C, 1, 1): mean of K2 + K1
         logits = self.se(gap).view(b, c, self.radix)  # (B, C, radix)
         a = self.fusion_weights(F.softmax(logits, dim=2))  # (B, C, 2): [dynamic, static]
