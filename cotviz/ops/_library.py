@@ -36,6 +36,7 @@ The kernels are registered with ``torch.library.Library.impl`` rather than ``tor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -236,25 +237,19 @@ for _name in _SCHEMAS:
 # -------------------------------------------------------------------------------------------- FLOPs
 
 
-def _numel(shape: Any) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
-
 
 @register_flop_formula(_ops.local_aggregation)
 def _aggregation_flops(x_shape: Any, w_shape: Any, kernel_size: int, *args: Any, out_shape: Any = None,
                        **kwargs: Any) -> int:
     """2 FLOPs per tap and output element: ``2 * B * heads*C * Ho*Wo * K*K``."""
-    return 2 * _numel(out_shape) * kernel_size * kernel_size
+    return 2 * math.prod(int(s) for s in out_shape) * kernel_size * kernel_size
 
 
 @register_flop_formula([_ops.local_aggregation_grad_input, _ops.local_aggregation_grad_weight])
 def _backward_flops(grad_shape: Any, other_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
     """The products of the forward again, one per tap and gradient element: ``2 * numel(grad) * K*K``."""
     kernel_size = args[-4]
-    return 2 * _numel(grad_shape) * kernel_size * kernel_size
+    return 2 * math.prod(int(s) for s in grad_shape) * kernel_size * kernel_size
 
 
 # ------------------------------------------------------------------------------------ decompositions
