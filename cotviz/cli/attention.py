@@ -69,12 +69,12 @@ def _run(images: list[str], *, out: Path, fmt: str, scale: str, dpi: int, batch_
          threads: int | None, size: int | None, crop_pct: float | None, no_crop: bool, **request: Any) -> int:
     """List the inputs, build the explainer (validating the request), stream and save. Returns the exit code."""
     from cotviz.errors import ImageError, InvalidArgumentError
+    from cotviz.explain.runner import check_batch_size
     from cotviz.io import expand_inputs
     from cotviz.io.outputs import ensure_out_dir
     from cotviz.resources import check_threads
 
-    if batch_size < 1:
-        raise InvalidArgumentError(f"--batch-size must be at least 1, got {batch_size}")
+    check_batch_size(batch_size)
     if not 10 <= dpi <= 1200:
         raise InvalidArgumentError(f"--dpi must be between 10 and 1200, got {dpi}")
     check_threads(threads)

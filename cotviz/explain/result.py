@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +52,8 @@ from cotviz.io.outputs import FigureFormat, OutputPaths, output_bases, save_figu
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from cotviz.viz.figures import Scale
 
 __all__ = [
     "BlockGeometry",
@@ -205,9 +207,6 @@ class FusionSummary:
 
     fraction_dynamic_gt_static: float
     mean_dynamic_weight: float
-
-
-Scale = Literal["shared", "per-panel"]
 
 
 @dataclass(eq=False)

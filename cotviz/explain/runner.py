@@ -51,7 +51,7 @@ from cotviz.models.untrained import (
 )
 from cotviz.resources import parse_device
 
-__all__ = ["Explainer", "UntrainedModelWarning", "explain", "explain_many", "preprocess_config"]
+__all__ = ["Explainer", "UntrainedModelWarning", "check_batch_size", "explain", "explain_many", "preprocess_config"]
 
 
 class UntrainedModelWarning(UserWarning):
@@ -66,6 +66,13 @@ def _caller_level() -> int:
     while frame is not None and frame.f_globals.get("__name__", "").startswith("cotviz"):
         frame, level = frame.f_back, level + 1  # type: ignore[assignment]
     return level
+
+
+def check_batch_size(batch_size: int) -> int:
+    """``batch_size`` if it is a whole number >= 1, else one clear error."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError(f"--batch-size must be at least 1, got {batch_size}")
+    return batch_size
 
 
 def untrained_message(name: str) -> str:
@@ -209,8 +216,7 @@ class Explainer:
         """Explain ``images`` ``batch_size`` at a time, yielding each result as its batch finishes, in input order
         (memory stays flat in the number of images: nothing is kept between batches). An ``Explanation`` among
         the inputs (an input already known to be unreadable) is passed through in its place."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidArgumentError(f"--batch-size must be at least 1, got {batch_size}")
+        check_batch_size(batch_size)
         self.check_memory(self.preprocess.input_size, batch_size)
         pending: list[ImageInput] = []
         for item in images:
@@ -365,8 +371,7 @@ def explain_many(model: nn.Module | str, images: ImageInput | Iterable[ImageInpu
     number of images. The request is validated before the first image is read.
     """
     explainer = Explainer(model, **request)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidArgumentError(f"--batch-size must be at least 1, got {batch_size}")
+    check_batch_size(batch_size)  # now, not at the first image (stream is lazy)
     return explainer.stream(_flatten_inputs(images), batch_size)
 
 
