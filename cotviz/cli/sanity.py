@@ -42,7 +42,8 @@ def sanity(
                                                     show_default=False)] = None,
     stage: Annotated[int, typer.Option("--stage", metavar="N", help="Stage of the maps (1-4).")] = 3,
     maps: Annotated[list[MapName] | None, typer.Option(  # type: ignore[valid-type]
-        "--map", help="Map types to compare (repeat). Default: all.", show_default=False)] = None,
+        "--map", metavar="NAME", show_choices=False, show_default=False,
+        help=f"Map type to compare; repeat for several: {', '.join(MAP_INFO)}. Default: all.")] = None,
     gradcam: Annotated[bool, typer.Option("--gradcam/--no-gradcam", help="Also compare Grad-CAM.")] = True,
     mode: Annotated[ModeChoice, typer.Option("--mode", help="Randomisation: cascading, independent or both.")]
     = ModeChoice.both,

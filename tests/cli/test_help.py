@@ -10,11 +10,12 @@ from typer.testing import CliRunner
 from cotviz.cli.app import app
 
 
-@pytest.mark.parametrize("command", [[], ["models"], ["profile"], ["attention"], ["compare"]])
+@pytest.mark.parametrize("command", [[], ["models"], ["profile"], ["attention"], ["compare"], ["sanity"]])
 def test_help_shows_no_bool_placeholder_and_fits_80_columns(command: list[str]) -> None:
     r = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
     assert r.exit_code == 0, r.output
     assert "<bool>" not in r.stdout
     assert max(len(line) for line in r.stdout.splitlines()) <= 80
+    assert "<list[attention" not in r.stdout  # map choices are listed in the help text, not wrapped mid-word
     flags = re.findall(r"--[a-z-]+", r.stdout)
     assert "--help" in flags
