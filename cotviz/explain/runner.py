@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -25,8 +26,9 @@ from cotviz.analysis.maps import compute_maps, kernels_at, map_key
 from cotviz.analysis.rollout import cell_at, stage_rollout
 from cotviz.analysis.stats import fusion_preference
 from cotviz.capture import Record, capture
-from cotviz.errors import CotvizError, InvalidArgumentError
-from cotviz.explain.inputs import ImageInput, Prepared, describe_source, prepare
+from cotviz.errors import InvalidArgumentError
+from cotviz.explain.inputs import ImageInput, Prepared, prepare
+from cotviz.explain.loader import Failure, check_batch_size, check_workers, load_batches
 from cotviz.explain.result import (
     BlockGeometry,
     Explanation,
@@ -66,13 +68,6 @@ def _caller_level() -> int:
     while frame is not None and frame.f_globals.get("__name__", "").startswith("cotviz"):
         frame, level = frame.f_back, level + 1  # type: ignore[assignment]
     return level
-
-
-def check_batch_size(batch_size: int) -> int:
-    """``batch_size`` if it is a whole number >= 1, else one clear error."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidArgumentError(f"--batch-size must be at least 1, got {batch_size}")
-    return batch_size
 
 
 def untrained_message(name: str) -> str:
@@ -201,35 +196,48 @@ class Explainer:
         """Explain ``images`` in one forward pass; an image that cannot be read gives an Explanation with ``error``."""
         if not images:
             return []
-        out: list[Explanation | None] = []
-        ready: list[Prepared] = []
-        for image in images:
-            try:
-                ready.append(prepare(image, self.preprocess, self.selection.point))
-                out.append(None)
-            except CotvizError as err:
-                out.append(Explanation(describe_source(image), error=str(err)))
-        done = iter(self._run(ready)) if ready else iter(())
-        return [e if e is not None else next(done) for e in out]
+        batch = next(load_batches(images, self.preprocess, point=self.selection.point, batch_size=len(images)))
+        return self.explain_prepared(batch)
 
-    def stream(self, images: Iterable[ImageInput | Explanation], batch_size: int = 8) -> Iterator[Explanation]:
+    def explain_prepared(self, batch: Sequence[Prepared | Failure]) -> list[Explanation]:
+        """One forward pass over the prepared images of ``batch`` (as :func:`cotviz.explain.loader.load_batches`
+        yields them); a :class:`~cotviz.explain.loader.Failure` becomes an Explanation with ``error``, in its place."""
+        ready = [p for p in batch if isinstance(p, Prepared)]
+        done = iter(self._run(ready)) if ready else iter(())
+        return [next(done) if isinstance(p, Prepared) else Explanation(p.source, error=p.message) for p in batch]
+
+    def stream(self, images: Iterable[ImageInput | Explanation], batch_size: int = 8, workers: int = 0,
+               ) -> Iterator[Explanation]:
         """Explain ``images`` ``batch_size`` at a time, yielding each result as its batch finishes, in input order
         (memory stays flat in the number of images: nothing is kept between batches). An ``Explanation`` among
-        the inputs (an input already known to be unreadable) is passed through in its place."""
+        the inputs (an input already known to be unreadable) is passed through in its place.
+
+        ``workers``: processes that decode and preprocess the next batches while this one runs
+        (:func:`cotviz.explain.loader.load_batches`; the results are identical whatever the number); 0 = decode
+        here, lazily. With workers the inputs are listed first (paths: a few bytes each).
+        """
         check_batch_size(batch_size)
+        check_workers(workers, "workers")
         self.check_memory(self.preprocess.input_size, batch_size)
-        pending: list[ImageInput] = []
-        for item in images:
-            if isinstance(item, Explanation):
-                yield from self.explain_batch(pending)
-                pending = []
+        before: deque[list[Explanation]] = deque()  # per loadable input: the passed-through results just before it
+        passed: list[Explanation] = []
+
+        def loadable() -> Iterator[ImageInput]:
+            for item in images:
+                if isinstance(item, Explanation):
+                    passed.append(item)
+                    continue
+                before.append(passed[:])
+                passed.clear()
                 yield item
-                continue
-            pending.append(item)
-            if len(pending) == batch_size:
-                yield from self.explain_batch(pending)
-                pending = []
-        yield from self.explain_batch(pending)
+
+        items: Iterable[ImageInput] = loadable() if workers == 0 else list(loadable())
+        for batch in load_batches(items, self.preprocess, point=self.selection.point, batch_size=batch_size,
+                                  workers=workers):
+            for ex in self.explain_prepared(batch):
+                yield from before.popleft()
+                yield ex
+        yield from passed
 
     def check_memory(self, size: int, batch: int) -> None:
         """Refuse a (batch, 3, size, size) forward that needs more memory than the device has available now.
