@@ -9,6 +9,7 @@ import typer
 from cotviz._version import __version__
 from cotviz.cli import attention as attention_cmd
 from cotviz.cli import compare as compare_cmd
+from cotviz.cli import explore as explore_cmd
 from cotviz.cli import models as models_cmd
 from cotviz.cli import profile as profile_cmd
 from cotviz.cli import sanity as sanity_cmd
@@ -45,6 +46,7 @@ app.command("profile", cls=Command)(profile_cmd.profile)
 app.command("attention", cls=Command)(attention_cmd.attention)
 app.command("compare", cls=Command)(compare_cmd.compare)
 app.command("sanity", cls=Command)(sanity_cmd.sanity)
+app.command("explore", cls=Command)(explore_cmd.explore)
 
 
 def main() -> None:

@@ -53,6 +53,7 @@ from cotviz.io.outputs import FigureFormat, OutputPaths, output_bases, save_figu
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from cotviz.explore import CellData, Explorer
     from cotviz.viz.figures import Scale
 
 __all__ = [
@@ -231,6 +232,8 @@ class Explanation:
         fusion: block -> :class:`FusionSummary` (when the fusion weights were captured).
         nonfinite: map keys ``"<block>/<map>"`` (and ``"prediction"``) that hold NaN or Inf.
         metadata: :class:`Metadata`.
+        cells: with ``cells=True``: every cell's kernels, each head's maps and the rollout plan
+            (:class:`cotviz.explore.CellData`), what :meth:`explore` shows.
     """
 
     source: str
@@ -248,6 +251,7 @@ class Explanation:
     fusion: dict[str, FusionSummary] = field(default_factory=dict)
     nonfinite: tuple[str, ...] = ()
     metadata: Metadata | None = None
+    cells: CellData | None = None
 
     @property
     def ok(self) -> bool:
@@ -387,6 +391,55 @@ class Explanation:
         write_npz(out.npz, self.arrays())
         write_json(out.json, self.to_json(scale=scale, outputs=out))
         return out
+
+    # -------------------------------------------------------------------------------------------- explorer
+
+    def explore(self, *, head: int | None = None) -> Explorer:
+        """The interactive HTML explorer of this explanation (:mod:`cotviz.explore`): ``.save("page.html")``
+        writes the self-contained file; in a notebook it displays itself. Needs ``explain(..., cells=True)``.
+
+        ``head``: the head the page opens on (default: the explanation's head; None = mean over heads).
+        """
+        from cotviz.explore import BlockView, ExplorerData, build_page
+
+        meta = self._require()
+        if self.cells is None:
+            raise InvalidArgumentError("this explanation has the kernels of one point only; explain with cells=True "
+                                       "(cotviz.explain(model, image, cells=True)) to explore every cell")
+        assert self.image is not None
+        sel = meta.selection
+        shown = set(sel.block_names)
+        blocks = [BlockView(b, g.feature_size, g.feature_stride, int(g.kernel_size or 3), int(g.heads or 1),
+                            b in shown, g.pooled_before, g.blurred_after)
+                  for b, g in self.geometry.items() if b in self.cells.attention]
+        details = {"model": meta.model_label, "weights": meta.weights_label, "input": self.source,
+                   "model input": f"{self.image.shape[1]}x{self.image.shape[0]} px"
+                                  + (f", crop box {tuple(round(v, 1) for v in self.crop_box)} of the original "
+                                     f"{self.original_size}" if self.crop_box is not None else ""),
+                   "stage": f"{sel.stage} (layer{sel.stage})", "cotviz": meta.cotviz_version}
+        if self.prediction is not None:
+            details["prediction"] = ", ".join(f"class {c}: {p:.3f}" for c, p in
+                                              zip(self.prediction.classes, self.prediction.probabilities, strict=True))
+        if head is not None and not 0 <= head < sel.num_heads:
+            raise InvalidArgumentError(f"head {head} out of range: stage {sel.stage} has heads 0..{sel.num_heads - 1}")
+        initial: dict[str, Any] = {"head": sel.head if head is None else head}
+        if self.point is not None:
+            initial["block"] = sel.block_names[-1]
+            initial["cell"] = list(self.point.cells[sel.block_names[-1]])
+        notes = list(meta.notes) + ([f"NON-FINITE values (NaN/Inf) in {', '.join(self.nonfinite)}: those cells "
+                                     "are blank."] if self.nonfinite else [])
+        data = ExplorerData(image=self.image, blocks=blocks, maps=self.maps if sel.head is None else None,
+                            cells=self.cells, map_names=sel.maps,
+                            title=f"cotviz explore: {Path(self.source).name} · {meta.model_label} · stage {sel.stage}",
+                            notes=notes, details=details, crop_box=self.crop_box, original_size=self.original_size,
+                            initial=initial)
+        return build_page(data)
+
+    def _repr_html_(self) -> str | None:
+        """In a notebook: the explorer inline (with ``cells=True``; otherwise None, so the plain repr is shown)."""
+        if self.cells is None or self.error is not None:
+            return None
+        return self.explore()._repr_html_()
 
     def __repr__(self) -> str:
         if self.error is not None:

@@ -12,6 +12,7 @@ pass's logits) -> the typed result. Nothing is drawn or written here: ``Explanat
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections import deque
@@ -121,6 +122,9 @@ class Explainer:
             memory than the device has available (:func:`cotviz.profile.estimate_forward_memory`).
         allow_nonfinite: load ``weights`` even if they hold NaN/Inf (refused by default); the maps that come out
             non-finite are then listed in ``Explanation.nonfinite``.
+        cells: also keep every cell's kernels, each head's maps and the rollout plan (``Explanation.cells``,
+            :func:`cotviz.explore.cell_data`, what ``Explanation.explore()`` shows); blocks 1..max(blocks) are
+            then recorded, as for a point.
     """
 
     def __init__(self, model: nn.Module | str | LoadedModel, *, stage: int = 3, blocks: Iterable[int] | None = None,
@@ -129,7 +133,7 @@ class Explainer:
                  preprocess: PreprocessConfig | Mapping[str, Any] | None = None,
                  weights: str | os.PathLike[str] | None = None, num_classes: int | None = None,
                  device: str | torch.device | None = None, memory_check: bool = True,
-                 allow_nonfinite: bool = False) -> None:
+                 allow_nonfinite: bool = False, cells: bool = False) -> None:
         if target is not None:
             if isinstance(target, bool) or not isinstance(target, int) or target < 0:
                 raise InvalidArgumentError(f"--target must be a class index >= 0, got {target}")
@@ -154,6 +158,10 @@ class Explainer:
                                            "explaining would change its BatchNorm statistics; call model.eval() first")
         self.selection: Selection = select(net, stage=stage, blocks=blocks, head=head, maps=maps, point=point,
                                            model_name=name)
+        if cells and point is None:  # every cell's rollout composes blocks 1..max like a point's: select checks that
+            probe = select(net, stage=stage, blocks=blocks, head=head, maps=maps, point=(0, 0), model_name=name)
+            self.selection = dataclasses.replace(probe, point=None)
+        self.cells = cells
         classes = int(getattr(net, "num_classes", 0) or 0)
         if target is not None and classes and target >= classes:
             raise InvalidArgumentError(f"--target {target} out of range: {name} has classes 0..{classes - 1}")
@@ -296,6 +304,11 @@ class Explainer:
             if cam is not None:
                 gc_result = GradCam(cam.cam[i].numpy(), cam.upsampled[i].numpy(), int(cam.target[i]),
                                     self.target is not None)
+            every = None
+            if self.cells:
+                from cotviz.explore.cells import cell_data
+
+                every = cell_data(records, i, sel.maps, shown)
             bad = nonfinite_keys(per_block)
             if not torch.isfinite(logits[i]).all():
                 bad = (*bad, "prediction")
@@ -305,7 +318,7 @@ class Explainer:
                 prediction=Prediction(tuple(int(c) for c in top.indices[i]),
                                       tuple(float(p) for p in top.values[i]), float(logits[i, top.indices[i, 0]])),
                 fusion={b: FusionSummary(float(f["fraction"][i]), float(f["mean_weight"][i])) for b, f in fusion.items()},
-                nonfinite=bad,
+                nonfinite=bad, cells=every,
                 metadata=Metadata(input=_input_info(prep), preprocessing=None if prep.crop_box is None
                                   else self.preprocess, **meta_base)))  # type: ignore[arg-type]
         return results

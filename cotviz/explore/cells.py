@@ -1,0 +1,107 @@
+"""Every cell of every block: the full attention tensors, each head's maps and the stage's rollout plan.
+
+:class:`cotviz.explain.Explainer` keeps, per image, the kernels at ONE point (``Explanation.kernels``). The
+explorer needs the kernels at every cell, so ``Explainer(..., cells=True)`` calls :func:`cell_data` on the
+same capture pass and stores the result as ``Explanation.cells``. Everything here is computed by the library
+(:meth:`cotviz.capture.Record.heads`, the map registry :data:`cotviz.analysis.maps.MAPS`,
+:func:`cotviz.analysis.rollout.plan_stage`); nothing is re-derived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from cotviz.analysis.maps import MAPS
+from cotviz.analysis.rollout import KernelStep, plan_stage, stage_input_geometry
+from cotviz.capture.records import Record
+
+__all__ = ["CellData", "RolloutPlan", "cell_data"]
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """The forward-ordered steps of :func:`cotviz.analysis.rollout.plan_stage` as plain data.
+
+    ``steps``: ``{"kind": "kernel", "block": name}``, or ``{"kind": "avgpool" | "blur", "in": [Hi, Wi],
+    "out": [Ho, Wo]}``;
+    ``stride`` / ``grid``: the stage input's stride in model-input pixels and its (H0, W0) grid.
+    The rollout of a cell of block b composes the steps up to and including b's kernel step.
+    """
+
+    steps: tuple[Mapping[str, Any], ...]
+    stride: int
+    grid: tuple[int, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": [dict(s) for s in self.steps], "stage_input_stride": self.stride,
+                "stage_input_grid": list(self.grid)}
+
+
+@dataclass(frozen=True)
+class CellData:
+    """What the explorer shows at every cell of one image.
+
+    Attributes:
+        attention: block -> (M, K, K, H, W) float32, the raw attention A of every head at every cell
+            (``attention[b][:, :, :, r, c]`` is ``Explanation.kernels[b]`` for a point on cell (r, c)); every
+            recorded block, 1..n of the stage.
+        head_maps: shown block -> map name -> (M, H, W) float32, the map restricted to head h
+            (``explain(..., head=h)``'s map; context maps use the channels head h aggregates).
+        rollout: the stage's steps, to compose the local rollout of any cell (:class:`RolloutPlan`).
+    """
+
+    attention: Mapping[str, np.ndarray]
+    head_maps: Mapping[str, Mapping[str, np.ndarray]]
+    rollout: RolloutPlan
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays."""
+        return sum(a.nbytes for a in self.attention.values()) + \
+            sum(m.nbytes for maps in self.head_maps.values() for m in maps.values())
+
+
+def _head_maps(record: Record, index: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """map name -> (M, H, W) of image ``index``: each head's map, from the registry (the computation of
+    ``head=h``; on the whole batch, as the runner computes it, then image ``index``)."""
+    heads = int(record.heads("attention").shape[1])
+    return {n: torch.stack([MAPS[n].compute(record, h)[index].float() for h in range(heads)]).cpu().numpy()
+            for n in names}  # (M, H, W)
+
+
+def cell_data(records: Sequence[Record], index: int, maps: Sequence[str], shown: Sequence[str]) -> CellData:
+    """Attention at every cell, per-head maps and the rollout plan of image ``index``.
+
+    Args:
+        records: blocks 1..n of ONE stage, in order, each with its attention captured.
+        index: the image within the batch.
+        maps: map names (registry keys) to compute per head.
+        shown: record names whose per-head maps are wanted (the drawn blocks).
+    """
+    attention: dict[str, np.ndarray] = {}
+    by_block: dict[int, torch.Tensor] = {}
+    for rec in records:
+        heads = rec.heads("attention")[index]  # (M, K*K, H, W)
+        k = int(rec.kernel_size or round(heads.shape[1] ** 0.5))
+        by_block[rec.block] = heads
+        attention[rec.name] = heads.float().reshape(heads.shape[0], k, k, *heads.shape[2:]).cpu().numpy()
+    head_maps = {rec.name: _head_maps(rec, index, maps) for rec in records if rec.name in shown}
+    stride, grid = stage_input_geometry(records[0])
+    names = {rec.block: rec.name for rec in records}
+    k = int(records[-1].kernel_size or 3)
+    plan = plan_stage(by_block, kernel_size=k, pooled_before={r.block: r.pooled_before for r in records},
+                      blurred_after={r.block: r.blurred_after for r in records}, stage_input_size=grid)
+    steps: list[Mapping[str, Any]] = []
+    for step in plan:
+        if isinstance(step, KernelStep):
+            block = next(b for b, a in by_block.items() if a is step.attention)
+            steps.append({"kind": "kernel", "block": names[block]})
+        else:
+            steps.append({"kind": step.kind, "in": list(step.in_size), "out": list(step.out_size)})
+    return CellData(attention, head_maps, RolloutPlan(tuple(steps), stride, grid))
+
