@@ -1,0 +1,28 @@
+"""CoT statistics over a whole dataset: streaming, resumable, data-parallel with torchrun (``cotviz stats``).
+
+::
+
+    from cotviz.stats import compute_stats
+    res = compute_stats("cotnet50", "imagenet/val/", weights="cotnet50.pth.tar", stages="3-4", out="stats/")
+    res.select(map="dynamic_share", head=None)      # one row per block: count, mean, std, min, max, quantiles
+
+* :mod:`cotviz.stats.runner` -- :func:`compute_stats` (the library function behind the command)
+* :mod:`cotviz.stats.accumulators` -- exact, mergeable moments / extremes / histograms over many series
+* :mod:`cotviz.stats.layout` -- which series, their histogram ranges, the samples a record gives them
+* :mod:`cotviz.stats.sharding` -- exact batch-aligned shards (no padding); :mod:`cotviz.stats.distributed`
+* :mod:`cotviz.stats.checkpoint` -- atomic per-rank checkpoints without pickle
+* :mod:`cotviz.stats.dataset` -- folder / class tree / glob / list file -> sorted list
+* :mod:`cotviz.stats.result`, :mod:`cotviz.stats.outputs`, :mod:`cotviz.stats.figures` -- results and files
+"""
+
+from __future__ import annotations
+
+from cotviz.stats.accumulators import Accumulator, Moments, MomentTree
+from cotviz.stats.catalog import STAT_INFO
+from cotviz.stats.dataset import StatsData, list_dataset
+from cotviz.stats.result import SCHEMA_VERSION, StatsResult
+from cotviz.stats.runner import Progress, compute_stats
+from cotviz.stats.sharding import Shard, shard
+
+__all__ = ["SCHEMA_VERSION", "STAT_INFO", "Accumulator", "MomentTree", "Moments", "Progress", "Shard", "StatsData",
+           "StatsResult", "compute_stats", "list_dataset", "shard"]
