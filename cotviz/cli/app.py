@@ -13,6 +13,7 @@ from cotviz.cli import explore as explore_cmd
 from cotviz.cli import models as models_cmd
 from cotviz.cli import profile as profile_cmd
 from cotviz.cli import sanity as sanity_cmd
+from cotviz.cli import stats as stats_cmd
 from cotviz.cli._common import DEBUG, FLAG, Command, Group, defer_gc
 
 app = typer.Typer(
@@ -46,6 +47,7 @@ app.command("profile", cls=Command)(profile_cmd.profile)
 app.command("attention", cls=Command)(attention_cmd.attention)
 app.command("compare", cls=Command)(compare_cmd.compare)
 app.command("sanity", cls=Command)(sanity_cmd.sanity)
+app.command("stats", cls=Command)(stats_cmd.stats)
 app.command("explore", cls=Command)(explore_cmd.explore)
 
 

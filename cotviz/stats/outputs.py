@@ -17,7 +17,7 @@ from cotviz.io.outputs import save_figure, write_json, write_npz
 from cotviz.stats.catalog import STAT_INFO
 from cotviz.stats.result import QUANTILE_KEYS, StatsResult
 
-__all__ = ["CSV_COLUMNS", "render_csv", "render_markdown", "save_outputs"]
+__all__ = ["CSV_COLUMNS", "output_files", "render_csv", "render_markdown", "save_outputs"]
 
 CSV_COLUMNS: tuple[str, ...] = ("class", "stage", "block_index", "block", "head", "map", "count", "nonfinite", "mean",
                                 "std", "variance", "min", "max", *QUANTILE_KEYS, "underflow", "overflow")
@@ -86,16 +86,23 @@ def default_figure_stage(result: StatsResult) -> int:
     return 3 if 3 in stages else stages[-1]
 
 
+def output_files(out_dir: Path, result: StatsResult, *, figure_stage: int | None = None, fmt: str = "png",
+                 ) -> dict[str, Path]:
+    """The files :func:`save_outputs` writes, by kind."""
+    out_dir = Path(out_dir)
+    stage = default_figure_stage(result) if figure_stage is None else figure_stage
+    return {"json": out_dir / "stats.json", "csv": out_dir / "stats.csv", "summary": out_dir / "summary.md",
+            "histograms": out_dir / "histograms.npz", "depth_figure": out_dir / f"depth.{fmt}",
+            "heads_figure": out_dir / f"heads_stage{stage}.{fmt}"}
+
+
 def save_outputs(result: StatsResult, out_dir: Path, *, figure_stage: int | None = None, fmt: str = "png",
                  dpi: float = 100) -> dict[str, Path]:
     """Write every file into ``out_dir``; returns ``{kind: path}``."""
     from cotviz.stats.figures import depth_figure, heads_figure
 
-    out_dir = Path(out_dir)
+    files = output_files(out_dir, result, figure_stage=figure_stage, fmt=fmt)
     stage = default_figure_stage(result) if figure_stage is None else figure_stage
-    files = {"json": out_dir / "stats.json", "csv": out_dir / "stats.csv", "summary": out_dir / "summary.md",
-             "histograms": out_dir / "histograms.npz", "depth_figure": out_dir / f"depth.{fmt}",
-             "heads_figure": out_dir / f"heads_stage{stage}.{fmt}"}
     write_json(files["json"], result.to_dict())
     _write_text(files["csv"], render_csv(result))
     _write_text(files["summary"], render_markdown(result))

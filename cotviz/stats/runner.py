@@ -20,7 +20,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,8 @@ class Progress:
 
     ``done`` / ``total``: items of the shard read so far (readable or not) / in the shard; ``resumed``: items done
     before this session (from the checkpoint); ``images``: readable images accumulated; ``failed``: unreadable
-    files; ``seconds``: wall time of this session's loop.
+    files; ``seconds``: wall time of this session's loop; ``skipped``: the unreadable files of this batch (one-line
+    messages).
     """
 
     rank: int
@@ -73,6 +74,7 @@ class Progress:
     images: int
     failed: int
     seconds: float
+    skipped: tuple[str, ...] = ()
 
 
 def parse_stages(stages: str | int | Iterable[int] | None, valid: range) -> tuple[int, ...]:
@@ -236,6 +238,8 @@ def compute_stats(model: nn.Module | str | LoadedModel, data: str | os.PathLike[
                   by_class: bool = False, batch_size: int = 16, workers: int | None = None,
                   device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                   checkpoint_every: int | None = None, resume: bool = False, out: str | os.PathLike[str] | None = None,
+                  checkpoint_dir: str | os.PathLike[str] | None = None,
+                  preprocess: PreprocessConfig | Mapping[str, Any] | None = None,
                   bins: int = 64, calibration_images: int = 16, allow_nonfinite: bool = False,
                   figure_stage: int | None = None, figure_format: str = "png",
                   progress: Callable[[Progress], object] | None = None) -> StatsResult:
@@ -253,10 +257,12 @@ def compute_stats(model: nn.Module | str | LoadedModel, data: str | os.PathLike[
         batch_size: images per forward. workers: decoding processes (default from the CPU count).
         device: ``cpu`` / ``cuda`` / ``cuda:N`` (under torchrun with ``cuda``: ``cuda:LOCAL_RANK``).
         dtype: ``float32`` / ``bfloat16`` / ``float16`` for the forward (default: the network's).
-        checkpoint_every: checkpoint this rank's accumulators every N images (needs ``out``). resume: continue
-            from the checkpoints in ``out`` (a rank without one starts its shard from the beginning).
+        checkpoint_every: checkpoint this rank's accumulators every N images. resume: continue from the
+            checkpoints (a rank without one starts its shard from the beginning).
         out: write ``stats.json``, ``stats.csv``, ``summary.md``, ``histograms.npz`` and the figures there
-            (rank 0), checkpoints under ``out/checkpoints`` (every rank).
+            (rank 0). checkpoint_dir: where every rank keeps its checkpoint (default: ``out/checkpoints``).
+        preprocess: a :class:`cotviz.io.PreprocessConfig`, or overrides of the model's pretrained preprocessing
+            (``{"size": 160, "crop_pct": 1.0, "no_crop": False}``); default: the model's.
         bins: histogram bins per series. calibration_images: images that fix the calibrated histogram ranges.
         figure_stage: the stage of the per-head figure (default: 3 if selected, else the last selected stage).
         progress: called with a :class:`Progress` after every batch.
@@ -275,9 +281,9 @@ def compute_stats(model: nn.Module | str | LoadedModel, data: str | os.PathLike[
     if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
                                          or checkpoint_every < 1):
         raise InvalidArgumentError(f"--checkpoint-every must be at least 1 image, got {checkpoint_every}")
-    if (checkpoint_every is not None or resume) and out is None:
-        raise InvalidArgumentError("checkpoints live in the output directory: pass out= (--out) with "
-                                   "--checkpoint-every / --resume")
+    if (checkpoint_every is not None or resume) and out is None and checkpoint_dir is None:
+        raise InvalidArgumentError("checkpoints live in the output directory: pass out= (--out) or checkpoint_dir= "
+                                   "with --checkpoint-every / --resume")
     names = parse_stat_names(maps)
     torch_dtype = _parse_dtype(dtype)
     dev = None if device is None else parse_device(str(device))
@@ -301,19 +307,25 @@ def compute_stats(model: nn.Module | str | LoadedModel, data: str | os.PathLike[
                    for n in names):
             raise InvalidArgumentError(f"no block of stage(s) {', '.join(map(str, chosen))} of {loaded.name} has the "
                                        f"taps of {', '.join(names)} (blocks without a CoT layer have none)")
-        cfg = preprocess_config(net)
-        out_dir = _out_dir(out, world)
+        if figure_stage is not None and figure_stage not in chosen:
+            raise InvalidArgumentError(f"--figure-stage {figure_stage} is not among the selected stages "
+                                       f"({', '.join(map(str, chosen))})")
+        cfg = preprocess if isinstance(preprocess, PreprocessConfig) else \
+            preprocess_config(net, **dict(preprocess or {}))
+        out_dir = _out_dir(out)
+        ckpt_dir = _out_dir(checkpoint_dir) if checkpoint_dir is not None else \
+            None if out_dir is None else _out_dir(out_dir / "checkpoints")
         sh = shard(len(dset), world.size, world.rank, batch_size)
         run = _Run(net, names, chosen, needed, run_dev, run_dtype)
         layout, ranges, calib_sources = _calibrate(run, dset, cfg, calibration_images, classes, bins)
         fingerprint = _fingerprint(loaded, dset, cfg, layout, sh, run_dtype, calibration_images)
-        ckpt_file = None if out_dir is None else checkpoint_path(out_dir / "checkpoints", world.rank, world.size)
+        ckpt_file = None if ckpt_dir is None else checkpoint_path(ckpt_dir, world.rank, world.size)
         restored = _restore(ckpt_file, fingerprint) if resume and ckpt_file is not None else None
         ok = not isinstance(restored, str)
         if not _agree(world, ok):
             raise CheckpointError(restored if isinstance(restored, str) else
                                   "--resume: another rank's checkpoint belongs to a different run; delete "
-                                  f"{out_dir}/checkpoints or run without --resume")
+                                  f"{ckpt_dir} or run without --resume")
         ckpt = restored if isinstance(restored, Checkpoint) else None
         lo, hi = (ckpt.accumulator.lo, ckpt.accumulator.hi) if ckpt is not None else layout.edges(ranges)
         if world.distributed:
@@ -321,7 +333,7 @@ def compute_stats(model: nn.Module | str | LoadedModel, data: str | os.PathLike[
         same = ckpt is None or (torch.equal(ckpt.accumulator.lo, lo) and torch.equal(ckpt.accumulator.hi, hi))
         if not _agree(world, same):
             raise CheckpointError("--resume: the checkpoints' histogram ranges differ between ranks; delete "
-                                  f"{out_dir}/checkpoints or run without --resume")
+                                  f"{ckpt_dir} or run without --resume")
         acc = ckpt.accumulator if ckpt is not None else Accumulator(lo, hi, bins)
         state = _Loop(acc, sh, ckpt)
         seconds = _stream(run, dset, cfg, layout, state, world, n_workers, checkpoint_every, ckpt_file,
@@ -378,14 +390,12 @@ def _cfg_dict(cfg: PreprocessConfig) -> dict[str, Any]:
     return asdict(cfg) if is_dataclass(cfg) else {"config": repr(cfg)}
 
 
-def _out_dir(out: str | os.PathLike[str] | None, world: dist_ops.World) -> Path | None:
+def _out_dir(out: str | os.PathLike[str] | None) -> Path | None:
     if out is None:
         return None
     from cotviz.io.outputs import ensure_out_dir
 
-    path = ensure_out_dir(Path(out))
-    ensure_out_dir(path / "checkpoints")
-    return path
+    return ensure_out_dir(Path(out))
 
 
 def _restore(path: Path, fingerprint: dict[str, Any]) -> Checkpoint | str | None:
@@ -458,7 +468,7 @@ def _stream(run: _Run, dset: StatsData, cfg: PreprocessConfig, layout: Layout, s
             if progress is not None:
                 done = min(state.next_batch * sh.batch_size, sh.stop) - sh.start
                 progress(Progress(world.rank, world.size, done, len(sh), resumed, state.images,
-                                  len(state.failures), time.perf_counter() - t0))
+                                  len(state.failures), time.perf_counter() - t0, tuple(f["error"] for f in failures)))
     except BaseException:
         if ckpt_file is not None and every is not None:
             save_checkpoint(ckpt_file, state.checkpoint(fingerprint))  # consistent: at a batch boundary
