@@ -53,7 +53,7 @@ from cotviz.io.outputs import FigureFormat, OutputPaths, output_bases, save_figu
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from cotviz.explore import CellData, Explorer
+    from cotviz.explore import CellData, Explorer, ExplorerData
     from cotviz.viz.figures import Scale
 
 __all__ = [
@@ -400,7 +400,13 @@ class Explanation:
 
         ``head``: the head the page opens on (default: the explanation's head; None = mean over heads).
         """
-        from cotviz.explore import BlockView, ExplorerData, build_page
+        from cotviz.explore import build_page
+
+        return build_page(self.explorer_data(head=head))
+
+    def explorer_data(self, *, head: int | None = None) -> ExplorerData:
+        """What :meth:`explore` shows, as plain arrays (:class:`cotviz.explore.ExplorerData`)."""
+        from cotviz.explore import BlockView, ExplorerData
 
         meta = self._require()
         if self.cells is None:
@@ -428,12 +434,11 @@ class Explanation:
             initial["cell"] = list(self.point.cells[sel.block_names[-1]])
         notes = list(meta.notes) + ([f"NON-FINITE values (NaN/Inf) in {', '.join(self.nonfinite)}: those cells "
                                      "are blank."] if self.nonfinite else [])
-        data = ExplorerData(image=self.image, blocks=blocks, maps=self.maps if sel.head is None else None,
+        return ExplorerData(image=self.image, blocks=blocks, maps=self.maps if sel.head is None else None,
                             cells=self.cells, map_names=sel.maps,
                             title=f"cotviz explore: {Path(self.source).name} · {meta.model_label} · stage {sel.stage}",
                             notes=notes, details=details, crop_box=self.crop_box, original_size=self.original_size,
                             initial=initial)
-        return build_page(data)
 
     def _repr_html_(self) -> str | None:
         """In a notebook: the explorer inline (with ``cells=True``; otherwise None, so the plain repr is shown)."""

@@ -16,7 +16,7 @@ import dataclasses
 import os
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -215,7 +215,7 @@ class Explainer:
         return [next(done) if isinstance(p, Prepared) else Explanation(p.source, error=p.message) for p in batch]
 
     def stream(self, images: Iterable[ImageInput | Explanation], batch_size: int = 8, workers: int = 0,
-               ) -> Iterator[Explanation]:
+               ) -> Generator[Explanation, None, None]:
         """Explain ``images`` ``batch_size`` at a time, yielding each result as its batch finishes, in input order
         (memory stays flat in the number of images: nothing is kept between batches). An ``Explanation`` among
         the inputs (an input already known to be unreadable) is passed through in its place.
@@ -240,11 +240,15 @@ class Explainer:
                 yield item
 
         items: Iterable[ImageInput] = loadable() if workers == 0 else list(loadable())
-        for batch in load_batches(items, self.preprocess, point=self.selection.point, batch_size=batch_size,
-                                  workers=workers):
-            for ex in self.explain_prepared(batch):
-                yield from before.popleft()
-                yield ex
+        batches = load_batches(items, self.preprocess, point=self.selection.point, batch_size=batch_size,
+                               workers=workers)
+        try:
+            for batch in batches:
+                for ex in self.explain_prepared(batch):
+                    yield from before.popleft()
+                    yield ex
+        finally:
+            batches.close()  # the decoding workers stop now (also on an error or Ctrl-C), not at collection
         yield from passed
 
     def check_memory(self, size: int, batch: int) -> None:
@@ -373,7 +377,8 @@ def explain(model: nn.Module | str, image: ImageInput, *, stage: int = 3, blocks
         gradcam, target: Grad-CAM of ``target`` (default: the predicted class).
         preprocess: a :class:`cotviz.io.PreprocessConfig`, or overrides of the model's pretrained config
             (``{"size": 320}``, ``crop_pct``, ``no_crop``); default: the model's.
-        **options: ``weights``, ``num_classes`` (with a model name), ``device``.
+        **options: ``weights``, ``num_classes`` (with a model name), ``device``, ``cells`` (keep every cell's
+            kernels and each head's maps for :meth:`Explanation.explore`).
 
     Raises:
         CotvizError: a request out of range (the message names the valid range), an unreadable image.

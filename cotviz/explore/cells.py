@@ -97,10 +97,10 @@ def cell_data(records: Sequence[Record], index: int, maps: Sequence[str], shown:
     plan = plan_stage(by_block, kernel_size=k, pooled_before={r.block: r.pooled_before for r in records},
                       blurred_after={r.block: r.blurred_after for r in records}, stage_input_size=grid)
     steps: list[Mapping[str, Any]] = []
+    kernel_blocks = iter(sorted(by_block))  # plan_stage gives one KernelStep per block, in block order
     for step in plan:
         if isinstance(step, KernelStep):
-            block = next(b for b, a in by_block.items() if a is step.attention)
-            steps.append({"kind": "kernel", "block": names[block]})
+            steps.append({"kind": "kernel", "block": names[next(kernel_blocks)]})
         else:
             steps.append({"kind": step.kind, "in": list(step.in_size), "out": list(step.out_size)})
     return CellData(attention, head_maps, RolloutPlan(tuple(steps), stride, grid))

@@ -28,14 +28,18 @@ from typing import IO, Any
 import numpy as np
 
 from cotviz.analysis.catalog import MAP_INFO
-from cotviz.errors import InvalidArgumentError, OutputError
+from cotviz.errors import InvalidArgumentError, OutputError, ResourceLimitError
 from cotviz.explore.cells import CellData
 from cotviz.io.outputs import _atomic_write, json_text
 
-__all__ = ["BUDGET_BYTES", "BlockView", "Explorer", "ExplorerData", "build_page", "check_out_path", "encode_array"]
+__all__ = ["BUDGET_BYTES", "BlockView", "Explorer", "ExplorerData", "build_page", "check_out_path", "check_page_size", "encode_array"]
 
 #: The size budget of a page for stage 3 of cotnet50 at 224 with every block (issue 14): 5 MB.
 BUDGET_BYTES = 5_000_000
+#: Pages whose arrays would exceed this are refused (a browser decodes every array into memory).
+MAX_PAGE_BYTES = 200_000_000
+#: Room for the colour tables, the JSON's text and the map definitions in :func:`check_page_size`.
+PAGE_OVERHEAD = 100_000
 #: float16 is used for a map when its rounding error is below this fraction of each head's value range.
 FLOAT16_TOLERANCE = 1e-3
 KERNEL_CMAP = "RdBu_r"  # the figures' kernel colours (cotviz.viz.figures)
@@ -88,6 +92,25 @@ class ExplorerData:
     initial: Mapping[str, Any] = field(default_factory=dict)
 
 
+def check_page_size(data: ExplorerData) -> int:
+    """An upper bound of the page's size in bytes (every array float32 in base64, the image as raw bytes twice,
+    the script and styles, :data:`PAGE_OVERHEAD` for colour tables and text), refused over :data:`MAX_PAGE_BYTES`."""
+    shown = [b.name for b in data.blocks if b.shown]
+    values = sum(data.cells.attention[b.name].size for b in data.blocks)
+    values += sum(data.cells.head_maps[b][m].size for b in shown for m in data.map_names)
+    if data.maps is not None:
+        values += sum(data.maps[b][m].size for b in shown for m in data.map_names)
+    assets = sum(len(_asset(n)) for n in ("explorer.html", "explorer.css", "explorer.js"))
+    bound = int(values) * 4 * 4 // 3 + np.asarray(data.image).size * 2 + assets + PAGE_OVERHEAD
+    if bound > MAX_PAGE_BYTES:
+        from cotviz.resources import format_bytes
+
+        raise ResourceLimitError(f"the explorer page would be about {format_bytes(bound)} (over "
+                                 f"{format_bytes(MAX_PAGE_BYTES)}, too much for a browser to hold); choose fewer "
+                                 "blocks (--block), fewer maps (--map), a later stage or a smaller --size")
+    return bound
+
+
 def encode_array(a: np.ndarray, *, allow_float16: bool = False) -> dict[str, Any]:
     """``{"dtype", "shape", "data"}``: ``a`` as little-endian float32 (or float16 when allowed and honest, see the
     module docstring; the head axis is the first) in base64."""
@@ -138,8 +161,13 @@ def _asset(name: str) -> str:
 
 
 def page_data(data: ExplorerData) -> dict[str, Any]:
-    """The JSON the page reads (arrays encoded; see :func:`encode_array`)."""
+    """The JSON the page reads (arrays encoded; see :func:`encode_array`).
+
+    Raises:
+        ResourceLimitError: the arrays would make a page over :data:`MAX_PAGE_BYTES` (checked before encoding).
+    """
     img = np.asarray(data.image)
+    check_page_size(data)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise InvalidArgumentError(f"the explorer needs the (S, S, 3) uint8 image the model saw, got {img.shape}")
     shown = [b.name for b in data.blocks if b.shown]

@@ -65,7 +65,7 @@ class Opened:
             ".cvx-kcell", "els => els.map(e => [+e.dataset.head, +e.dataset.kh, +e.dataset.kw, e.dataset.value, "
                           "e.textContent])")
         for _, _, _, value, text in cells:
-            assert text == f"{float(value):.2f}".replace("-0.00", "0.00") or text == f"{float(value):.2f}"
+            assert abs(float(text) - float(value)) <= 0.005 + 1e-9  # shown to 2 decimals
         return {(h, kh, kw): float(v) for h, kh, kw, v, _ in cells}
 
     def values(self, kind: str) -> dict[str, tuple[float, str]]:
@@ -225,3 +225,25 @@ def test_small_window_hover_lands_on_the_cell_and_the_screenshot_is_not_blank(
     if os.environ.get("COTVIZ_UPDATE_SCREENSHOT") == "1":  # refresh the README's screenshot explicitly
         SCREENSHOT.parent.mkdir(exist_ok=True)
         Image.open(io.BytesIO(png)).save(SCREENSHOT, optimize=True)
+
+
+def test_notebook_display_runs_the_same_explorer_inline(browser: Any, explained: Explanation) -> None:
+    """``_repr_html_`` (what Jupyter shows): the page in a sandboxed iframe, no server, no request."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    requests: list[str] = []
+    errors: list[str] = []
+    context.route("**/*", lambda route: route.abort())
+    try:
+        page = context.new_page()
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.set_content(f"<html><body><p>notebook cell</p>{explained._repr_html_()}</body></html>")
+        frame = page.frames[1]
+        frame.wait_for_function("window.cotvizExplorer && window.cotvizExplorer.ready")
+        frame.evaluate("cotvizExplorer.setCell(1, 2)")
+        cells = frame.eval_on_selector_all(".cvx-kcell", "els => els.map(e => [+e.dataset.head, +e.dataset.kh, "
+                                                         "+e.dataset.kw, +e.dataset.value])")
+        assert {(h, kh, kw): v for h, kh, kw, v in cells} == expect_kernels(explained, "stage3.block2", (1, 2))
+        assert errors == [] and [r for r in requests if not r.startswith(("about:", "data:"))] == []
+    finally:
+        context.close()

@@ -117,3 +117,16 @@ def test_cli_help_fits_80_columns() -> None:
     r = CliRunner().invoke(app, ["explore", "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
     assert r.exit_code == 0 and "<bool>" not in r.stdout
     assert max(len(line) for line in r.stdout.splitlines()) <= 80
+
+
+def test_a_page_too_large_for_a_browser_is_refused_before_encoding(explained: Explanation,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from cotviz.errors import ResourceLimitError
+    from cotviz.explore import page
+
+    bound = page.check_page_size(explained.explorer_data())
+    assert explained.explore().nbytes <= bound  # an upper bound of the real page
+    monkeypatch.setattr(page, "MAX_PAGE_BYTES", bound - 1)
+    with pytest.raises(ResourceLimitError, match="fewer blocks"):
+        explained.explore()
+
