@@ -14,6 +14,12 @@ The operator in ``conv2`` is chosen by a spec (:mod:`cotviz.layers.spec`: ``"cot
 ``"sa:kernel=7"``, ``"cot@4"``), so the same skeleton hosts CoT, CoXt, split attention, plain conv,
 local self-attention, the paper's ablations or any later operator. Where a strided block downsamples is
 a registered mode (:mod:`cotviz.layers.downsample`), the stem a :class:`StemCfg` of explicit widths.
+
+The network follows timm's model interface where it uses timm's names (``pretrained_cfg`` / ``default_cfg``,
+``feature_info`` dicts, ``forward_intermediates``, ``forward_head(pre_logits=)``, ``get_classifier`` /
+``reset_classifier``, ``set_grad_checkpointing``, ``prune_intermediate_layers``) and torchvision's where its
+detection helpers read an attribute (``inplanes``), so those tools take a cotviz network as one of their own
+(:mod:`cotviz.interop`).
 """
 
 from __future__ import annotations
@@ -21,15 +27,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from cotviz.errors import InvalidArgumentError
 from cotviz.layers.downsample import check_downsample_mode, create_downsample
 from cotviz.layers.spec import LayerSpec, as_layer_spec
 
-__all__ = ["Bottleneck", "CoTResNet", "FeatureInfo", "HybridRouting", "SpatialRouting", "StemCfg", "get_act_layer"]
+__all__ = ["Bottleneck", "CoTResNet", "FeatureInfo", "HybridRouting", "SpatialRouting", "StemCfg", "get_act_layer",
+           "zero_residual_blocks"]
 
 _ACTS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU, "gelu": nn.GELU}
 
@@ -131,13 +141,28 @@ class StemCfg:
         return nn.Sequential(*layers)
 
 
-@dataclass(frozen=True)
-class FeatureInfo:
-    """A feature map a backbone user can take: channels, stride w.r.t. the input, and module path."""
+class FeatureInfo(dict[str, Any]):
+    """A feature map a backbone user can take: channels, stride w.r.t. the input, and module path.
 
-    num_chs: int
-    reduction: int
-    module: str
+    In timm's format: a ``dict`` with ``num_chs``, ``reduction`` and ``module`` (timm's
+    ``timm.models.FeatureInfo(model.feature_info, out_indices)`` adds ``index``), readable as attributes too
+    (``fi.num_chs``, ``fi.reduction``, ``fi.module``).
+    """
+
+    def __init__(self, num_chs: int, reduction: int, module: str, **extra: Any) -> None:
+        super().__init__(num_chs=num_chs, reduction=reduction, module=module, **extra)
+
+    @property
+    def num_chs(self) -> int:
+        return int(self["num_chs"])
+
+    @property
+    def reduction(self) -> int:
+        return int(self["reduction"])
+
+    @property
+    def module(self) -> str:
+        return str(self["module"])
 
 
 class DropPath(nn.Module):
@@ -218,6 +243,29 @@ class Bottleneck(nn.Module):
         return self.act3(x)
 
 
+def zero_residual_blocks(model: nn.Module) -> list[str]:
+    """Module paths of the bottlenecks of ``model`` whose residual branch is off: last BN weight all zero, as
+    the official ``zero_init_last_bn`` leaves an untrained network (each such block passes its shortcut only).
+    A folded BN (:func:`cotviz.models.inference.prepare_for_inference`) is not looked at."""
+    return [name for name, m in model.named_modules() if isinstance(m, Bottleneck)
+            and isinstance(m.bn3, nn.BatchNorm2d) and not bool(m.bn3.weight.detach().any())]
+
+
+_POOLS: dict[str, Callable[[], nn.Module]] = {
+    "avg": lambda: nn.AdaptiveAvgPool2d(1),
+    "max": lambda: nn.AdaptiveMaxPool2d(1),
+    "": nn.Identity,  # no pooling: forward_head returns the (B, C, h, w) map (only without a classifier)
+}
+
+
+def _check_pool(global_pool: str, num_classes: int) -> None:
+    if global_pool not in _POOLS:
+        raise InvalidArgumentError(f"global_pool must be one of {', '.join(map(repr, _POOLS))}, got {global_pool!r}")
+    if global_pool == "" and num_classes > 0:
+        raise InvalidArgumentError("global_pool='' (no pooling) needs num_classes=0: the classifier takes pooled "
+                                   "(B, C) features")
+
+
 def _downsample(inplanes: int, outplanes: int, stride: int, avg_down: bool) -> nn.Module:
     """Projection shortcut: ``downsample.{0,1}`` (1x1 conv stride s + BN) or, with ``avg_down``,
     ``downsample.{0,1,2}`` = AvgPool2d(2, s, ceil_mode, count_include_pad=False) (Identity at s=1) + 1x1 + BN."""
@@ -249,6 +297,7 @@ class CoTResNet(nn.Module):
         zero_init_last_bn: zero the last BN of each block at init (official default).
         stage_planes: bottleneck planes of ``layer1..layer4`` (official ``64, 128, 256, 512``; a stage outputs
             4x its planes). Smaller values give the narrow demo networks (``cotnet_demo``).
+        global_pool: ``"avg"`` (official), ``"max"``, or ``""`` (no pooling; only with ``num_classes=0``).
     """
 
     def __init__(self, layers: Sequence[int], *, num_classes: int = 1000, in_chans: int = 3,
@@ -257,8 +306,9 @@ class CoTResNet(nn.Module):
                  spatial_layer: str | LayerSpec | SpatialRouting = "cot", act_layer: str | type[nn.Module] = "relu",
                  spatial_act_layer: str | type[nn.Module] = "relu", downsample_mode: str = "op",
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0, zero_init_last_bn: bool = True,
-                 stage_planes: Sequence[int] = (64, 128, 256, 512)) -> None:
+                 stage_planes: Sequence[int] = (64, 128, 256, 512), global_pool: str = "avg") -> None:
         super().__init__()
+        _check_pool(global_pool, num_classes)
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
             raise ValueError(f"layers must be 4 positive block counts, got {list(layers)}")
         if len(stage_planes) != 4 or any(int(n) < 1 for n in stage_planes):
@@ -301,8 +351,10 @@ class CoTResNet(nn.Module):
             self.add_module(f"layer{stage}", nn.Sequential(*blocks))
             self.feature_info.append(FeatureInfo(outplanes, 2 ** (stage + 1), f"layer{stage}"))
         self.num_features = inplanes
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.global_pool_type = global_pool
+        self.global_pool = _POOLS[global_pool]()
         self.fc = nn.Linear(inplanes, num_classes) if num_classes > 0 else nn.Identity()
+        self.grad_checkpointing = False
         self._zero_init_last_bn = zero_init_last_bn
         if not self.bn1.weight.is_meta:  # on the meta device there are no values to initialise
             self.init_weights()
@@ -329,9 +381,37 @@ class CoTResNet(nn.Module):
                 if isinstance(m, Bottleneck):
                     m.zero_init_last_bn()
 
-    def stages(self) -> list[nn.Sequential]:
-        """``[layer1, layer2, layer3, layer4]`` (the paper's res2..res5)."""
-        return [self.get_submodule(f"layer{i}") for i in range(1, 5)]  # type: ignore[misc]
+    def stages(self) -> list[nn.Module]:
+        """``[layer1, layer2, layer3, layer4]`` (the paper's res2..res5; ``nn.Identity`` where pruned)."""
+        return [self.get_submodule(f"layer{i}") for i in range(1, 5)]
+
+    @property
+    def inplanes(self) -> int:
+        """Channels of the last stage's output (torchvision ``ResNet.inplanes``, read by its
+        ``_resnet_fpn_extractor``: ``inplanes // 8 * 2 ** (i - 1)`` channels at ``layer{i}``)."""
+        return self.num_features
+
+    @property
+    def default_cfg(self) -> Any:
+        """timm's older name of ``pretrained_cfg`` (set by :func:`cotviz.create_model`)."""
+        return self.pretrained_cfg
+
+    # --------------------------------------------------------------------------------------- forward
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each bottleneck in the backward pass instead of keeping its activations (timm's switch,
+        ``torch.utils.checkpoint`` non-reentrant, one block per segment). Applies while gradients are on;
+        forward values and gradients are unchanged. Train-mode BatchNorm updates its running statistics
+        again during the recomputation (as in timm), and capture hooks fire again in the backward pass."""
+        self.grad_checkpointing = bool(enable)
+
+    def _run_stage(self, stage: nn.Module, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled() and isinstance(stage, nn.Sequential):
+            for block in stage:
+                x = checkpoint(block, x, use_reentrant=False)  # type: ignore[assignment]
+            return x
+        out: Tensor = stage(x)
+        return out
 
     def forward_stem(self, x: Tensor) -> Tensor:
         """(B, in_chans, H, W) -> (B, inplanes, H/4, W/4) with max-pool, else (B, inplanes, H/2, W/2)."""
@@ -342,41 +422,92 @@ class CoTResNet(nn.Module):
         """(B, in_chans, H, W) -> last feature map (B, num_features, H/32, W/32), before pooling."""
         x = self.forward_stem(x)
         for stage in self.stages():
-            x = stage(x)
+            x = self._run_stage(stage, x)
         return x
 
-    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None) -> list[Tensor]:
-        """Feature maps at ``feature_info`` positions: 0 = stem (``act1``), 1..4 = ``layer1..layer4``.
-
-        ``indices``: the positions to return (default all five), or an int n for the last n.
-        Each map has ``feature_info[i].num_chs`` channels at stride ``feature_info[i].reduction``.
-        """
+    def _take_indices(self, indices: int | Sequence[int] | None) -> list[int]:
+        """Absolute ``feature_info`` positions (timm ``feature_take_indices``): None = all, an int n = the last n,
+        a sequence = those positions (negative counting from the end), in the order given."""
         n = len(self.feature_info)
         if indices is None:
-            wanted = list(range(n))
-        elif isinstance(indices, int):
-            wanted = list(range(n - indices, n))
-        else:
-            wanted = sorted({i % n if i < 0 else i for i in indices})
-        if not wanted or wanted[0] < 0 or wanted[-1] >= n:
-            raise ValueError(f"indices must lie in 0..{n - 1}, got {indices}")
-        out: list[Tensor] = []
-        x = self.act1(self.bn1(self.conv1(x)))
-        if 0 in wanted:
-            out.append(x)
+            return list(range(n))
+        if isinstance(indices, bool) or not isinstance(indices, int | Sequence):
+            raise InvalidArgumentError(f"indices must be None, an int or a sequence of ints, got {indices!r}")
+        if isinstance(indices, int):
+            if not 0 < indices <= n:
+                raise InvalidArgumentError(f"indices: the last n features need n from 1 to {n}, got {indices}")
+            return list(range(n - indices, n))
+        take = []
+        for i in indices:
+            idx = n + int(i) if int(i) < 0 else int(i)
+            if not 0 <= idx < n:
+                raise InvalidArgumentError(f"indices: feature index {i} out of range (0 to {n - 1}, or -{n} to -1)")
+            take.append(idx)
+        if not take:
+            raise InvalidArgumentError("indices: an empty selection")
+        return take
+
+    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Feature maps at ``feature_info`` positions: 0 = stem (``act1``), 1..4 = ``layer1..layer4`` (timm's
+        signature and return value).
+
+        Args:
+            x: (B, in_chans, H, W).
+            indices: the positions to return: None = all five, an int n = the last n, a sequence = those
+                (negative from the end).
+            norm: accepted for timm (a ResNet has no final norm; nothing to apply).
+            stop_early: stop after the last stage asked for (the returned final map is then that stage's).
+            output_fmt: ``"NCHW"`` only (as timm's ResNet).
+            intermediates_only: return only the list.
+
+        Returns:
+            ``(final, intermediates)``: ``final`` = ``forward_features(x)`` (B, num_features, H/32, W/32), and
+            the list of maps in forward order, map i with ``feature_info[i].num_chs`` channels at stride
+            ``feature_info[i].reduction``; with ``intermediates_only`` the list alone (the stages after the last
+            one asked for are not run).
+        """
+        if output_fmt != "NCHW":
+            raise InvalidArgumentError(f"output_fmt must be 'NCHW' (a ResNet's maps), got {output_fmt!r}")
+        take = set(self._take_indices(indices))
+        last = max(take)
+        intermediates: list[Tensor] = []
+        x = self.act1(self.bn1(self.conv1(x)))  # (B, stem, H/2, W/2)
+        if 0 in take:
+            intermediates.append(x)
         if self.maxpool is not None:
             x = self.maxpool(x)
-        for i, stage in enumerate(self.stages(), start=1):
-            if i > wanted[-1]:
-                break
-            x = stage(x)
-            if i in wanted:
-                out.append(x)
-        return out
+        stages = self.stages()
+        if stop_early or intermediates_only:
+            stages = stages[:last]
+        for i, stage in enumerate(stages, start=1):
+            x = self._run_stage(stage, x)
+            if i in take:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop what ``forward_intermediates(indices=...)`` does not need (timm's method): the stages after
+        the last position asked for become ``nn.Identity``, and with ``prune_head`` the classifier and the
+        pooling go (``reset_classifier(0, "")``). ``prune_norm``: accepted for timm (no final norm). Modifies
+        the model in place; returns the absolute positions kept."""
+        take = self._take_indices(indices)
+        for i in range(max(take) + 1, len(self.feature_info)):
+            setattr(self, f"layer{i}", nn.Identity())
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """(B, C, h, w) -> pooled (B, C) or logits (B, num_classes)."""
-        x = self.global_pool(x).flatten(1)
+        """(B, C, h, w) -> pooled (B, C) (``pre_logits``) or logits (B, num_classes); with
+        ``global_pool=""`` the map itself."""
+        x = self.global_pool(x)
+        if self.global_pool_type:
+            x = x.flatten(1)  # (B, C, 1, 1) -> (B, C)
         if self.drop_rate > 0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
@@ -384,11 +515,29 @@ class CoTResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def reset_classifier(self, num_classes: int) -> None:
+    # ------------------------------------------------------------------------------------ classifier
+
+    def get_classifier(self) -> nn.Module:
+        """The classifier module (``fc``; ``nn.Identity`` without classes)."""
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new, freshly initialised classifier for ``num_classes`` (0: none, the model returns pooled
+        features), on the device and dtype of the current weights; ``global_pool`` (``"avg"``, ``"max"``,
+        ``""``) replaces the pooling, None keeps it. ``pretrained_cfg`` keeps describing the weights."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise InvalidArgumentError(f"num_classes must be a non-negative integer, got {num_classes!r}")
+        pool = self.global_pool_type if global_pool is None else global_pool
+        _check_pool(pool, num_classes)
+        ref = self.bn1.weight
+        self.global_pool_type = pool
+        self.global_pool = _POOLS[pool]()
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = (nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0
+                   else nn.Identity())
 
     def describe(self) -> dict[str, list[str]]:
         """The operator spec of every block, per stage: ``{"layer1": ["conv"], ..., "layer4": ["cot"]}``."""
-        return {f"layer{i}": [str(b.spatial_layer) for b in s] for i, s in enumerate(self.stages(), start=1)}
+        return {f"layer{i}": [str(b.spatial_layer) for b in s] for i, s in enumerate(self.stages(), start=1)
+                if isinstance(s, nn.Sequential)}
 

@@ -301,7 +301,7 @@ def test_forward_eval_and_intermediates(name: str, seeded: int) -> None:
     with torch.no_grad():
         out = model(x)
         features = model.forward_features(x)
-        intermediates = model.forward_intermediates(x)
+        intermediates = model.forward_intermediates(x, intermediates_only=True)
     assert out.shape == (SMALL_INPUT[0], SMALL_CLASSES)
     _assert_finite(out, "eval-mode output")
     side = SMALL_INPUT[-1]
@@ -318,9 +318,9 @@ def test_forward_intermediates_indices(seeded: int) -> None:
     model = _net(create_model("se_cotnetd_50", num_classes=SMALL_CLASSES, **small_kwargs("se_cotnetd_50")))
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        everything = model.forward_intermediates(x)
-        last_two = model.forward_intermediates(x, indices=2)
-        picked = model.forward_intermediates(x, indices=[1, 3])
+        everything = model.forward_intermediates(x, intermediates_only=True)
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        picked = model.forward_intermediates(x, indices=[1, 3], intermediates_only=True)
     assert len(everything) == 5
     torch.testing.assert_close(last_two, everything[-2:])
     torch.testing.assert_close(picked, [everything[1], everything[3]])
