@@ -18,6 +18,19 @@ and prints medians of wall time and of the children's CPU time (less sensitive t
 shared machine) with the ratio command / floor. Target: <= 1.5x (aim 1.3x). ``--profile`` adds an
 import-time breakdown (``-X importtime``) and a cProfile of one command run, top 15 by cumulative time.
 Not a test: nothing is asserted. ``img.jpg`` is examples/coffee.png re-encoded as JPEG (600 x 400).
+
+Folder throughput (``--images 40``, ``--folder-rounds 3``; ``--folder-only`` skips the single-image part): in one
+process, the same untrained cotnet50 (stage 3, batches of 8, the CLI's default threads), on ``--images``
+variants of examples/coffee.png (mirrored, rotated, cropped; JPEG), interleaved round by round:
+
+* ``bound``      decode + forward + capture + maps only (``load_batches`` -> ``Explainer.explain_prepared``):
+                 what the folder command would reach if drawing and saving were free;
+* ``workers 0``  ``explain_and_save(..., workers=0)``: decode, compute, draw and save one after the other;
+* ``workers N``  ``explain_and_save`` with a running ``SavePool(N)`` (N = the CLI's default; the CLI starts
+                 the pool while the model is built, so its start-up is timed apart) and one decoding worker;
+
+and prints images/s (medians) and the ratio folder / bound (target >= 0.70), then the same folder through the
+CLI in fresh processes (``--workers 0`` vs the default, wall time including start-up).
 """
 
 from __future__ import annotations
@@ -63,8 +76,19 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also print an import-time and cProfile breakdown")
     parser.add_argument("--memory", action="store_true",
                         help="also run 8, 32 and 96 images (batches of 8) and print peak RSS and time per image")
+    parser.add_argument("--images", type=int, default=40, help="images in the folder benchmark (default 40)")
+    parser.add_argument("--folder-rounds", type=int, default=3, help="interleaved folder rounds (default 3)")
+    parser.add_argument("--folder-only", action="store_true", help="skip the single-image start-up benchmark")
+    parser.add_argument("--no-folder", action="store_true", help="skip the folder throughput benchmark")
     args = parser.parse_args()
+    if not args.folder_only:
+        _single(args)
+    if not args.no_folder:
+        _folder(args)
 
+
+def _single(args: argparse.Namespace) -> None:
+    """The single-image command against the import floor (fresh processes)."""
     from PIL import Image
 
     tmp = Path(tempfile.mkdtemp(prefix="cotviz-bench-"))
@@ -115,6 +139,106 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+FOLDER_TARGET = 0.70
+
+
+def make_folder(folder: Path, n: int) -> list[Path]:
+    """``n`` distinct JPEG variants of examples/coffee.png (mirrored or rotated, cropped differently)."""
+    from PIL import Image, ImageOps
+
+    folder.mkdir(parents=True, exist_ok=True)
+    im = Image.open(REPO / "examples" / "coffee.png").convert("RGB")
+    paths = []
+    for i in range(n):
+        v = im.rotate(i * 9) if i % 2 else ImageOps.mirror(im)
+        v = v.crop((i % 5 * 10, i % 3 * 10, im.width - i % 4 * 10, im.height - i % 2 * 10))
+        paths.append(folder / f"p{i:03d}.jpg")
+        v.save(paths[-1], quality=90)
+    return paths
+
+
+def _folder(args: argparse.Namespace) -> None:
+    """Folder throughput against the decode + forward + capture bound (in process), then through the CLI."""
+    import warnings
+
+    import torch
+
+    from cotviz.explain import Explainer
+    from cotviz.explain.loader import load_batches
+    from cotviz.explain.pipeline import SavePool, default_save_workers, explain_and_save
+    from cotviz.explain.runner import default_threads
+    from cotviz.resources import torch_threads
+
+    tmp = Path(tempfile.mkdtemp(prefix="cotviz-bench-folder-"))
+    try:
+        paths = make_folder(tmp / "photos", args.images)
+        n, batch = len(paths), 8
+        workers, threads = default_save_workers(n), default_threads(batch, n)
+        with torch_threads(threads), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the untrained-network warning
+            explainer = Explainer("cotnet50", stage=3)
+            t0 = time.perf_counter()
+            with SavePool(workers) as pool:
+                pool.wait_ready()
+                pool_start = time.perf_counter() - t0
+
+                def bound() -> None:
+                    for b in load_batches(paths, explainer.preprocess, batch_size=batch):
+                        explainer.explain_prepared(b)
+
+                def folder(w: int) -> None:
+                    out = tmp / f"out{w}"
+                    for _ in explain_and_save(explainer, paths, out, batch_size=batch, workers=w,
+                                              pool=pool if w else None):
+                        pass
+
+                runs = {"bound (decode+forward+capture)": bound, "workers 0": lambda: folder(0),
+                        f"workers {workers}": lambda: folder(workers)}
+                times: dict[str, list[float]] = {k: [] for k in runs}
+                loads = []
+                for _ in range(args.folder_rounds):
+                    for name, run in runs.items():
+                        t = time.perf_counter()
+                        run()
+                        times[name].append(time.perf_counter() - t)
+                        loads.append(os.getloadavg()[0])
+        same = all((tmp / "out0" / p.name).read_bytes() == p.read_bytes() for p in (tmp / f"out{workers}").iterdir()
+                   if p.suffix in (".png", ".npz"))
+        print(f"\nfolder throughput: {n} images, cotnet50 stage 3, batch {batch}, {threads} torch thread(s), "
+              f"{args.folder_rounds} interleaved rounds, {os.cpu_count()} CPUs, load average "
+              f"{min(loads):.1f}..{max(loads):.1f} (torch {torch.__version__})")
+        print(f"  save pool of {workers} started in {pool_start:.1f} s (the CLI starts it while the model is built)")
+        base = n / statistics.median(times["bound (decode+forward+capture)"])
+        print(f"  {'run':32s} {'images/s':>9s} {'/ bound':>8s}   (all rounds, s)")
+        for name, ts in times.items():
+            rate = n / statistics.median(ts)
+            print(f"  {name:32s} {rate:9.2f} {rate / base:7.0%}    {' '.join(f'{t:.1f}' for t in ts)}")
+        ratio = n / statistics.median(times[f"workers {workers}"]) / base
+        print(f"  workers {workers} / bound = {ratio:.0%} (target >= {FOLDER_TARGET:.0%}): "
+              f"{'meets' if ratio >= FOLDER_TARGET else 'MISSES'} the target; figures, npz byte-identical to "
+              f"workers 0: {same}")
+        _folder_cli(tmp, workers, args.folder_rounds)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _folder_cli(tmp: Path, workers: int, rounds: int) -> None:
+    """The same folder through ``cotviz attention`` in fresh processes (start-up included), interleaved."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    cv, n = _cotviz(), len(list((tmp / "photos").iterdir()))
+    cmds = {w: [*cv, "attention", str(tmp / "photos"), "--stage", "3", "--workers", str(w), "--out",
+                str(tmp / f"cli{w}")] for w in (0, workers)}
+    walls: dict[int, list[float]] = {w: [] for w in cmds}
+    for _ in range(rounds):
+        for w, cmd in cmds.items():
+            walls[w].append(_run(cmd, env)[0])
+    print(f"  cotviz attention <{n} images> --stage 3 (fresh processes, start-up included, load average "
+          f"{os.getloadavg()[0]:.1f}):")
+    for w, ws in walls.items():
+        m = statistics.median(ws)
+        print(f"    --workers {w}: {m:6.1f} s = {n / m:5.2f} images/s   ({' '.join(f'{t:.1f}' for t in ws)})")
+
+
 def _memory(cv: list[str], img: Path, tmp: Path, env: dict[str, str]) -> None:
     """Streaming: peak RSS of the whole process should not grow with the number of images."""
     import subprocess as sp
@@ -149,8 +273,8 @@ def _profile(cv: list[str], img: Path, tmp: Path, env: dict[str, str]) -> None:
             if cum.strip().isdigit() and not name.startswith("  "):  # nested imports are indented further
                 rows.append((int(cum), name.strip()))
     print("\ntop-level imports of the command (cumulative, ms):")
-    for cum, name in sorted(rows, reverse=True)[:8]:
-        print(f"  {cum / 1000:8.0f}  {name}")
+    for micros, module in sorted(rows, reverse=True)[:8]:
+        print(f"  {micros / 1000:8.0f}  {module}")
     prof = tmp / "prof.out"
     subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "cotviz", *cmd], env=env,
                    capture_output=True, check=True)

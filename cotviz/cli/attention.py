@@ -9,7 +9,6 @@ through in batches and returns one :class:`~cotviz.explain.Explanation` per imag
 
 from __future__ import annotations
 
-import gc
 import sys
 from contextlib import nullcontext
 from enum import Enum
@@ -24,6 +23,7 @@ from cotviz.formats import FigureFormat
 
 if TYPE_CHECKING:
     from cotviz.explain import Explainer
+    from cotviz.explain.pipeline import SavePool
 
 __all__ = ["attention"]
 
@@ -66,9 +66,11 @@ def _summary(explainer: Explainer, out_dir: Path, outputs: list[dict[str, Any]],
 
 
 def _run(images: list[str], *, out: Path, fmt: str, scale: str, dpi: int, batch_size: int, json_out: bool,
-         threads: int | None, size: int | None, crop_pct: float | None, no_crop: bool, **request: Any) -> int:
+         threads: int | None, workers: int | None, size: int | None, crop_pct: float | None, no_crop: bool,
+         **request: Any) -> int:
     """List the inputs, build the explainer (validating the request), stream and save. Returns the exit code."""
     from cotviz.errors import ImageError, InvalidArgumentError
+    from cotviz.explain.loader import check_workers
     from cotviz.explain.runner import check_batch_size
     from cotviz.io import expand_inputs
     from cotviz.io.outputs import ensure_out_dir
@@ -78,6 +80,8 @@ def _run(images: list[str], *, out: Path, fmt: str, scale: str, dpi: int, batch_
     if not 10 <= dpi <= 1200:
         raise InvalidArgumentError(f"--dpi must be between 10 and 1200, got {dpi}")
     check_threads(threads)
+    if workers is not None:
+        check_workers(workers)
     out_dir = ensure_out_dir(out)
     paths, problems = expand_inputs(images)
     if not paths:
@@ -89,19 +93,23 @@ def _run(images: list[str], *, out: Path, fmt: str, scale: str, dpi: int, batch_
 
     import cotviz.viz  # noqa: F401  # the drawing stack, so that settle_gc() below also covers it
     from cotviz.explain import Explainer
+    from cotviz.explain.pipeline import SavePool, default_save_workers
     from cotviz.explain.runner import default_threads
     from cotviz.models.untrained import new_model  # noqa: F401  # (imports torch and the zoo before settle_gc)
     from cotviz.resources import torch_threads
 
     settle_gc()
     failures = [{"input": p.item, "error": p.message} for p in problems]
-    with torch_threads(threads or default_threads(batch_size, len(paths))):  # the untrained calibration too
+    workers = default_save_workers(len(paths)) if workers is None else workers
+    # The savers start first: they get ready while the model is built (one image: no pool at all).
+    with SavePool(workers) if workers else nullcontext() as pool, \
+            torch_threads(threads or default_threads(batch_size, len(paths))):  # the untrained calibration too
         explainer = Explainer(request.pop("model"), preprocess={"size": size, "crop_pct": crop_pct,
                                                                 "no_crop": no_crop}, **request)
         for f in failures:
             print(f"error: {f['error']}", file=sys.stderr)
         outputs = _render(explainer, paths, failures, out_dir=out_dir, fmt=fmt, scale=scale, dpi=dpi,
-                          batch_size=batch_size, progress=not json_out and sys.stderr.isatty())
+                          batch_size=batch_size, pool=pool, progress=not json_out and sys.stderr.isatty())
         if json_out:
             print_json(_summary(explainer, out_dir, outputs, failures))
     if outputs and not json_out:
@@ -111,28 +119,26 @@ def _run(images: list[str], *, out: Path, fmt: str, scale: str, dpi: int, batch_
 
 
 def _render(explainer: Explainer, paths: list[Path], failures: list[dict[str, str]], *, out_dir: Path, fmt: str,
-            scale: str, dpi: int, batch_size: int, progress: bool) -> list[dict[str, Any]]:
-    """Stream ``paths`` through ``explainer`` and save each result; failures are appended to ``failures``."""
-    from cotviz.io.outputs import output_bases
+            scale: str, dpi: int, batch_size: int, pool: SavePool | None, progress: bool) -> list[dict[str, Any]]:
+    """Explain and save ``paths`` (in ``pool`` when given); failures are appended to ``failures``."""
+    from cotviz.explain.pipeline import explain_and_save
 
-    bases = dict(zip(paths, output_bases(paths, explainer.loaded.name, explainer.selection.stage), strict=True))
     outputs: list[dict[str, Any]] = []
     bar = _progress(progress, len(paths), f"{explainer.loaded.name} stage {explainer.selection.stage}")
     with bar or nullcontext():
-        for path, ex in zip(paths, explainer.stream(paths, batch_size), strict=True):
+        for path, done in zip(paths, explain_and_save(explainer, paths, out_dir, fmt=fmt, scale=scale,  # type: ignore[arg-type]
+                                                      dpi=dpi, batch_size=batch_size, pool=pool), strict=True):
+            ex = done.explanation
             if bar is not None:
                 bar.advance(0)
-            if ex.error is not None:
-                failures.append({"input": str(path), "error": ex.error})
+            if ex.error is not None or done.files is None:
+                failures.append({"input": str(path), "error": str(ex.error)})
                 print(f"error: {ex.error}", file=sys.stderr)
                 continue
-            if outputs:  # free the previous figure (a reference cycle) now, not at some later GC pass
-                gc.collect()
-            files = ex.save(out_dir, fmt, scale=scale, dpi=dpi, base=bases[path])  # type: ignore[arg-type]
             if ex.nonfinite:
                 print(f"error: {path}: non-finite values (NaN/Inf) in {', '.join(ex.nonfinite)}; the weights or "
                       "the input overflow", file=sys.stderr)
-            outputs.append({"input": str(path), **files.as_dict(), "prediction": ex.to_json()["prediction"],
+            outputs.append({"input": str(path), **done.files.as_dict(), "prediction": ex.to_json()["prediction"],
                             "crop_box": list(ex.crop_box or ()), "statistics": ex.statistics(),
                             "nonfinite": list(ex.nonfinite)})
     return outputs
@@ -199,13 +205,18 @@ def attention(
                                        "min(cores, --batch-size, number of images); one image runs on one thread "
                                        "(faster on busy machines, the same numbers every time).",
         show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", metavar="N", help="Processes that draw and save figures (and one that decodes) while the "
+                                       "next batch is computed; 0 = all in this process. Default: one per CPU, "
+                                       "at most 4 and the number of images (0 for one image).",
+        show_default=False)] = None,
 ) -> None:
     """Heatmaps of one stage: CoT static context, dynamic attention and fused output, per block.
 
     Writes <stem>_<model>_stage<N>.png (or .svg/.pdf), .npz (raw maps) and .json (metadata) per image.
     """
     code = _run(images, out=out, fmt=fmt.value, scale=scale.value, dpi=dpi, batch_size=batch_size,
-                json_out=json_out, threads=threads, size=size, crop_pct=crop_pct, no_crop=no_crop,
+                json_out=json_out, threads=threads, workers=workers, size=size, crop_pct=crop_pct, no_crop=no_crop,
                 model=model, stage=stage, blocks=block, head=head, maps=[m.value for m in map_] if map_ else None,
                 point=point, gradcam=gradcam, target=target, weights=weights, num_classes=num_classes,
                 device=device.value, memory_check=not no_memory_check,

@@ -9,6 +9,7 @@ process, lazily (an iterable of inputs is read as the batches are asked for). Wi
   pixel and memory limits), so the tensors are identical bit for bit whatever ``workers`` is;
 * bounded prefetch: at most ``workers * prefetch`` batches are decoded ahead of the consumer, so memory is flat in
   the number of images;
+* the workers start from a forkserver (:func:`worker_context`), not by forking this process;
 * a worker runs torch on one thread (the main process keeps the threads its caller set);
 * a warning raised while decoding (e.g. :class:`cotviz.io.ImageWarning`) is re-issued in this process, in order;
 * the workers are shut down when the iteration ends, is abandoned (``close()``), fails, or is interrupted (Ctrl-C):
@@ -21,6 +22,7 @@ common single-image command), else up to the CPUs this process may use.
 
 from __future__ import annotations
 
+import multiprocessing
 import warnings
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,7 +36,11 @@ from cotviz.errors import CotvizError, InvalidArgumentError
 from cotviz.explain.inputs import ImageInput, Prepared, describe_source, prepare
 from cotviz.io import PreprocessConfig
 
-__all__ = ["Failure", "ImageDataset", "check_batch_size", "check_workers", "default_workers", "load_batches"]
+__all__ = ["Failure", "ImageDataset", "check_batch_size", "check_workers", "default_workers", "load_batches",
+           "worker_context"]
+
+#: What the workers' forkserver imports once, so that each worker it forks starts ready.
+PRELOAD = ("cotviz.explain",)
 
 #: At most this many decoding workers by default: decoding (~10-30 ms an image) is a small share of a forward
 #: pass, so more workers than this only compete with the model for the CPUs.
@@ -98,6 +104,18 @@ class _WorkerDataset(Dataset):  # type: ignore[type-arg]
         return result, [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
 
 
+def worker_context(preload: Sequence[str] = PRELOAD) -> multiprocessing.context.BaseContext:
+    """How cotviz starts worker processes: from a ``forkserver`` (a clean single-threaded process that imports
+    ``preload`` once; every worker is forked from it in milliseconds), never ``fork`` from this process, whose
+    threads (torch's, a process pool's) the children would inherit in unknown states. ``spawn`` where there is no
+    forkserver (Windows, macOS without it). ``preload`` counts only until the forkserver starts."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(preload))
+    return ctx
+
+
 def _as_list(batch: list[Any]) -> list[Any]:
     """collate_fn: keep the batch as a list (prepared images are stacked by the runner, failures kept in place)."""
     return batch
@@ -148,7 +166,7 @@ def load_batches(items: Iterable[ImageInput], cfg: PreprocessConfig, *, point: t
         workers: decoding processes; 0 = in this process.
         prefetch: batches each worker decodes ahead (memory: at most ``workers * prefetch`` batches in flight).
         context: the multiprocessing start method of the workers (``"fork"``, ``"forkserver"``, ``"spawn"``);
-            None = the platform's default.
+            None = :func:`worker_context` (a forkserver that has imported cotviz once).
 
     Returns:
         a generator (validation happens now, decoding as it is iterated; ``close()`` stops the workers) of lists of :class:`Prepared` or :class:`Failure` (``Failure.index``: the position among ``items``).
@@ -177,7 +195,8 @@ def _in_workers(items: Sequence[ImageInput], cfg: PreprocessConfig, point: tuple
                 workers: int, prefetch: int, context: str | None) -> Generator[list[Prepared | Failure], None, None]:
     loader = DataLoader(_WorkerDataset(ImageDataset(items, cfg, point)), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=_as_list, worker_init_fn=_init_worker,
-                        prefetch_factor=prefetch, persistent_workers=False, multiprocessing_context=context)
+                        prefetch_factor=prefetch, persistent_workers=False,
+                        multiprocessing_context=context or worker_context())
     it = iter(loader)
     try:
         for batch in it:

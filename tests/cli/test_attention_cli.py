@@ -9,6 +9,8 @@ crop, every selection message, batching, the JSON schema, the figure and files);
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +190,7 @@ def test_nonfinite_maps_are_written_and_reported_in_one_line_with_exit_1(runner:
     (["{coffee}", "--threads", "100000"], 2, "(the CPUs this process may use), got 100000"),
     (["{coffee}", "--batch-size", "0"], 2, "--batch-size must be at least 1, got 0"),
     (["{coffee}", "--dpi", "5"], 2, "--dpi must be between 10 and 1200, got 5"),
+    (["{coffee}", "--workers", "-1"], 2, "--workers must be between 0 and"),
     # the request is checked before any image is decoded (the truncated file is never read); every selection
     # message: tests/explain/test_selection.py; every unreadable kind of file: tests/explain/test_inputs.py
     (["{truncated}", "--stage", "5"], 2, "stage 5 out of range: cotnet50 has stages 1..4"),
@@ -240,31 +243,20 @@ def test_debug_shows_the_exception(runner: CliRunner, files: dict[str, Path]) ->
 # --------------------------------------------------------------------------- fresh interpreters
 
 
-def test_a_run_without_gradcam_imports_neither_captum_nor_pyplot(tmp_path: Path, fresh_python: Any) -> None:
-    """captum is imported only for --gradcam; figures never touch pyplot's global state; --help needs no torch."""
+@pytest.fixture(scope="module")
+def console_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One fresh interpreter (clean ``sys.modules`` and GC state) that runs ``cotviz attention --help`` through
+    CliRunner, then ``cotviz attention`` on two images through the console script's ``main()`` (no
+    ``--gradcam``), with a spy on ``settle_gc``; what it saw, as JSON, plus the output folder. One child for the
+    tests below: each child pays the imports and a full-size cotnet50 build (3-6 s)."""
+    out = tmp_path_factory.mktemp("console")
     code = (
-        "import sys\n"
+        "import gc, json, sys\n"
         "from typer.testing import CliRunner\n"
-        "from cotviz.cli.app import app\n"
+        "from cotviz.cli.app import app, main\n"
         "r = CliRunner().invoke(app, ['attention', '--help'])\n"
-        "assert r.exit_code == 0 and 'torch' not in sys.modules, 'attention --help imported torch'\n"
-        f"r = CliRunner().invoke(app, ['attention', {str(COFFEE)!r}, '--stage', '1', '--size', '64', "
-        f"'--out', {str(tmp_path)!r}])\n"
-        "assert r.exit_code == 0, r.output\n"
-        "assert 'captum' not in sys.modules, 'captum imported without --gradcam'\n"
-        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
-    )
-    fresh_python(code)
-    assert (tmp_path / "coffee_cotnet50_stage1.png").stat().st_size > 0
-
-
-def test_console_script_defers_gc_until_the_imports_are_in(tmp_path: Path, fresh_python: Any) -> None:
-    """main() turns the collector off for start-up; the command freezes the imported objects and turns it
-    back on before its real work, and collects between images. In-process use leaves the collector alone."""
-    code = (
-        "import gc, sys\n"
+        "seen = {'help': (r.exit_code, 'torch' in sys.modules)}\n"
         "import cotviz.cli._common as common\n"
-        "seen = {}\n"
         "settle = common.settle_gc\n"
         "def spy():\n"
         "    seen['before'] = (gc.isenabled(), 'torch' in sys.modules, 'matplotlib.figure' in sys.modules)\n"
@@ -272,19 +264,38 @@ def test_console_script_defers_gc_until_the_imports_are_in(tmp_path: Path, fresh
         "    seen['after'] = (gc.isenabled(), gc.get_freeze_count() > 100_000)\n"
         "import cotviz.cli.attention as att\n"
         "att.settle_gc = spy\n"
-        "from cotviz.cli.app import main\n"
         f"sys.argv = ['cotviz', 'attention', {str(COFFEE)!r}, {str(COFFEE)!r}, '--stage', '1', '--size', '64', "
-        f"'--out', {str(tmp_path)!r}]\n"
+        f"'--out', {str(out)!r}]\n"
         "try:\n"
         "    main()\n"
         "except SystemExit as e:\n"
-        "    assert not e.code, e.code\n"
-        "assert seen['before'] == (False, True, True), seen\n"
-        "assert seen['after'] == (True, True), seen\n"
-        "assert gc.isenabled()\n"
+        "    seen['exit'] = e.code\n"
+        "seen['end'] = {'gc': gc.isenabled(), 'captum': 'captum' in sys.modules,\n"
+        "               'pyplot': 'matplotlib.pyplot' in sys.modules}\n"
+        "print(json.dumps(seen))\n"
     )
-    fresh_python(code)
-    assert (tmp_path / "coffee_cotnet50_stage1.png").stat().st_size > 0
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return {**seen, "out": out, "stderr": proc.stderr}
+
+
+def test_a_run_without_gradcam_imports_neither_captum_nor_pyplot(console_run: dict[str, Any]) -> None:
+    """captum is imported only for --gradcam; figures never touch pyplot's global state; --help needs no torch."""
+    assert console_run["help"] == [0, False], "attention --help failed or imported torch"
+    assert console_run.get("exit") in (None, 0), console_run["stderr"][-2000:]
+    assert not console_run["end"]["captum"], "captum imported without --gradcam"
+    assert not console_run["end"]["pyplot"], "pyplot imported"
+    assert (console_run["out"] / "coffee_cotnet50_stage1.png").stat().st_size > 0
+
+
+def test_console_script_defers_gc_until_the_imports_are_in(console_run: dict[str, Any]) -> None:
+    """main() turns the collector off for start-up; the command freezes the imported objects and turns it
+    back on before its real work, and collects between images. In-process use leaves the collector alone."""
+    assert console_run.get("exit") in (None, 0), console_run["stderr"][-2000:]
+    assert console_run["before"] == [False, True, True], console_run
+    assert console_run["after"] == [True, True], console_run
+    assert console_run["end"]["gc"]
 
 
 def test_settle_gc_does_nothing_unless_deferred() -> None:

@@ -21,12 +21,34 @@ from cotviz.io import PreprocessConfig
 CFG = PreprocessConfig(input_size=64)
 
 
-def children() -> set[int]:
-    """Live child processes of this process (Linux /proc)."""
-    pids: set[int] = set()
-    for task in os.listdir("/proc/self/task"):
-        pids.update(int(p) for p in Path(f"/proc/self/task/{task}/children").read_text().split())
-    return pids
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            out.update(int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+    except OSError:  # the process is gone
+        pass
+    return out
+
+
+def _helper(pid: int) -> bool:
+    """multiprocessing's forkserver or resource tracker: they stay, idle, for the next pool, and end with this
+    process."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # gone
+    return b"multiprocessing.forkserver" in cmd or b"multiprocessing.resource_tracker" in cmd
+
+
+def workers() -> set[int]:
+    """Live descendants of this process (Linux /proc), except multiprocessing's own helpers."""
+    todo, seen = [os.getpid()], set()
+    while todo:
+        for child in _children(todo.pop()):
+            seen.add(child)
+            todo.append(child)
+    return {p for p in seen if not _helper(p)}
 
 
 class LoggedPath(os.PathLike):  # type: ignore[type-arg]
@@ -68,7 +90,7 @@ def test_batches_keep_input_order_with_failures_in_place_and_workers_give_identi
     assert "truncated" in bad[0].message and "not an image" in bad[1].message
     assert ImageDataset(items, CFG)[3] == bad[1]  # the dataset returns failures, it never raises
 
-    before = children()
+    before = workers()
     parallel = list(load_batches(items, CFG, batch_size=2, workers=2))
     assert [len(b) for b in parallel] == [2, 2, 1]
     for s, p in zip(out, flat(parallel), strict=True):
@@ -79,13 +101,13 @@ def test_batches_keep_input_order_with_failures_in_place_and_workers_give_identi
         assert torch.equal(s.tensor, p.tensor) and np.array_equal(s.display, p.display)
         assert (s.crop_box, s.original_size, s.input_format, s.reduction) == \
                (p.crop_box, p.original_size, p.input_format, p.reduction)
-    assert children() <= before  # the workers are gone once the iteration ended
+    assert workers() <= before  # the workers are gone once the iteration ended
 
 
 def test_prefetch_is_bounded_and_stopping_early_leaves_no_worker(images: dict[str, Path], tmp_path: Path) -> None:
     log = tmp_path / "log"
     items = [LoggedPath(images["a"], i, log) for i in range(24)]
-    before = children()
+    before = workers()
     it = load_batches(items, CFG, batch_size=1, workers=2, prefetch=1)
     first = next(it)
     assert isinstance(first[0], Prepared)
@@ -96,16 +118,16 @@ def test_prefetch_is_bounded_and_stopping_early_leaves_no_worker(images: dict[st
     time.sleep(0.3)  # an unbounded loader would run on through all 24 images now
     assert 1 <= len(decoded(log)) <= bound
     it.close()  # what an exception or Ctrl-C in the consumer does
-    assert children() <= before
+    assert workers() <= before
 
 
 def test_a_crashed_worker_is_an_error_and_leaves_no_worker(images: dict[str, Path], tmp_path: Path) -> None:
     log = tmp_path / "log"
     items = [LoggedPath(images["a"], i, log, crash=3) for i in range(6)]
-    before = children()
+    before = workers()
     with pytest.raises(RuntimeError, match="DataLoader worker"):
         list(load_batches(items, CFG, batch_size=2, workers=2))
-    assert children() <= before
+    assert workers() <= before
 
 
 def test_stream_with_workers_equals_stream_in_process(tiny: nn.Module, images: dict[str, Path]) -> None:
