@@ -23,6 +23,8 @@ from cotviz.analysis.catalog import MAP_INFO
 from cotviz.analysis.rollout import KernelStep, local_rollout, plan_stage
 from cotviz.explain import Explanation
 
+from .conftest import SIZE
+
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "explore.png"
 
@@ -54,6 +56,18 @@ class Opened:
         g = self.js("cotvizExplorer.geometry()")
         scale = g["width"] / g["size"]
         self.page.mouse.move(g["left"] + (cell[1] + 0.5) * stride * scale, g["top"] + (cell[0] + 0.5) * stride * scale)
+
+    def check_outline(self, cell: tuple[int, int], stride: int) -> None:
+        """The cell's outline lies on its own pixels: black on its first and last canvas column/row, white just
+        inside (the canvas is the model input magnified by an integer zoom)."""
+        zoom = self.js("document.querySelector('.cvx-view').width") // SIZE
+        x0, y0, side = cell[1] * stride * zoom, cell[0] * stride * zoom, stride * zoom
+        mid_x, mid_y = x0 + side // 2, y0 + side // 2
+        read = ("(pts) => pts.map(([x, y]) => Array.from(document.querySelector('.cvx-view').getContext('2d')"
+                ".getImageData(x, y, 1, 1).data))")
+        edges = self.js(read, [[x0, mid_y], [x0 + side - 1, mid_y], [mid_x, y0], [mid_x, y0 + side - 1]])
+        inside = self.js(read, [[x0 + 1, mid_y], [x0 + side - 2, mid_y], [mid_x, y0 + 1], [mid_x, y0 + side - 2]])
+        assert edges == [[0, 0, 0, 255]] * 4 and inside == [[255, 255, 255, 255]] * 4
 
     def shown_cell(self) -> tuple[str, int, int]:
         info = self.page.locator(".cvx-cellinfo")
@@ -101,8 +115,10 @@ def test_hover_shows_the_kernels_and_map_values_of_the_cell(tiny_page: Opened, e
     p, ex = tiny_page, explained
     assert ex.cells is not None
     for block, cell in (("stage3.block2", (1, 4)), ("stage3.block1", (4, 0)), ("stage3.block1", (5, 5))):
-        p.hover(block, cell, ex.geometry[block].feature_stride)
+        stride = ex.geometry[block].feature_stride
+        p.hover(block, cell, stride)
         assert p.shown_cell() == (block, *cell)
+        p.check_outline(cell, stride)
         got, want = p.kernels(), expect_kernels(ex, block, cell)
         assert got == want  # float32 values, printed and read back exactly
         mean = p.values("mean")

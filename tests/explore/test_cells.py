@@ -86,3 +86,12 @@ def test_a_point_with_cells_opens_the_page_on_its_cell(net: nn.Module, explained
     assert '"cell": [\n      5,\n      1\n    ]' in page and '"head": 3' in page
     with pytest.raises(InvalidArgumentError, match="head 8 out of range"):
         ex.explore(head=8)
+
+
+def test_a_later_block_alone_still_records_the_blocks_its_rollout_composes(net: nn.Module) -> None:
+    ex = explain(net, COFFEE, stage=3, blocks=[2], maps=["static_energy"], cells=True, preprocess={"size": 64})
+    assert ex.cells is not None
+    assert list(ex.cells.attention) == ["stage3.block1", "stage3.block2"]  # block 1 feeds the rollout
+    assert list(ex.cells.head_maps) == ["stage3.block2"] and list(ex.maps) == ["stage3.block2"]
+    data = ex.explorer_data()
+    assert [(b.name, b.shown) for b in data.blocks] == [("stage3.block1", False), ("stage3.block2", True)]

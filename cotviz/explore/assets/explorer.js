@@ -412,6 +412,9 @@
   D.maps.forEach(function (m) {
     var dt = document.createElement("dt"), dd = document.createElement("dd");
     dt.textContent = m.label + " [" + m.units + "]"; dd.textContent = m.formula;
+    Object.keys(m.formula_by_attention || {}).forEach(function (kind) {
+      dd.textContent += " | where the attention tap holds a " + kind + ": " + m.formula_by_attention[kind];
+    });
     $(".cvx-formulas").appendChild(dt); $(".cvx-formulas").appendChild(dd);
   });
 
