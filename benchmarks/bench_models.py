@@ -1,63 +1,155 @@
-"""cotnet50 vs resnet50 forward latency on this machine, measured side by side.
+"""cotnet50 vs resnet50 forward latency on this machine: eager, folded and compiled, measured side by side.
 
-Same skeleton, same threads, same input; the two models run interleaved (A, B, A, B, ...) and the
-medians are compared, so machine noise hits both alike. Prints one table; nothing is asserted.
+Same skeleton, same threads, same input. For every batch size, all configurations -- each model x
+preparation (``eager``; ``folded`` = :func:`cotviz.prepare_for_inference` on both; ``compiled`` =
+``torch.compile`` of the folded models, opt-in with ``--compile``) x memory format (NCHW, channels-last) --
+run interleaved, round after round (A, B, C, ... A, B, C, ...), and the medians are compared, so machine
+noise hits all of them alike. The ratio of a preparation compares each model in its best memory format
+(``best``) and, for reference, both in each format. Prints tables; nothing is asserted.
 
-    python benchmarks/bench_models.py [--repeats 7] [--threads N] [--batches 1 8] [--size 224]
+    python benchmarks/bench_models.py                 # eager + folded, batch 1 and 8, both formats (~2-3 min)
+    python benchmarks/bench_models.py --compile       # + torch.compile of both folded models (compile time printed)
+    python benchmarks/bench_models.py --quick         # fewer rounds, for a first look (~1 min)
 
-Both memory formats are measured: NCHW (PyTorch's default) and channels-last, which oneDNN's CPU
-convolutions prefer (1x1 convs run several times faster); the ratio is what matters.
+``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` here (set before torch loads OpenMP): with the default spin
+policy, 2 intra-op threads on a 2-core machine shared with other processes made a resnet50 batch-1 forward
+1.1-3.3 s instead of 0.22-0.28 s (measured at load average ~4). Set it in the environment to override.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
-import time
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from cotviz.models import create_model
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from cotviz import prepare_for_inference  # noqa: E402
+from cotviz.models import create_model  # noqa: E402
+
+FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
-def _time(fn, x: torch.Tensor) -> float:
-    t0 = time.perf_counter()
-    fn(x)
-    return time.perf_counter() - t0
+@dataclass(frozen=True)
+class Config:
+    """One timed configuration: a model, its preparation and memory format."""
+
+    model: str
+    prep: str
+    fmt: str
+
+
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def _to_format(model: nn.Module, fmt: str) -> nn.Module:
+    """``model`` with its 4-D parameters in memory format ``fmt`` (in place)."""
+    return model.to(memory_format=FORMATS[fmt])  # type: ignore[call-overload]  # missing from torch's stubs
+
+
+def _build(names: list[str], preps: list[str], formats: list[str], size: int,
+           compile_mode: str | None) -> tuple[dict[Config, Callable[[torch.Tensor], torch.Tensor]], dict[str, float]]:
+    """Every configuration's forward; compiled ones are compiled here (first call at batch 1), timed."""
+    fns: dict[Config, Callable[[torch.Tensor], torch.Tensor]] = {}
+    compile_s: dict[str, float] = {}
+    for name in names:
+        base = create_model(name).eval()
+        for fmt in formats:
+            eager = _to_format(copy.deepcopy(base), fmt)
+            folded: nn.Module | None = None
+            for prep in preps:
+                if prep == "eager":
+                    fns[Config(name, prep, fmt)] = eager
+                    continue
+                if folded is None:
+                    folded = _to_format(prepare_for_inference(copy.deepcopy(base)), fmt)
+                if prep == "folded":
+                    fns[Config(name, prep, fmt)] = folded
+                else:  # compiled
+                    fn = torch.compile(folded, mode=compile_mode, dynamic=False)
+                    x = torch.randn(1, 3, size, size).contiguous(memory_format=FORMATS[fmt])
+                    t0 = time.perf_counter()
+                    with torch.inference_mode():
+                        fn(x)
+                    compile_s[f"{name} {fmt}"] = time.perf_counter() - t0
+                    fns[Config(name, prep, fmt)] = fn
+        del base
+    return fns, compile_s
+
+
+def _measure(fns: dict[Config, Callable[[torch.Tensor], torch.Tensor]], batch: int, size: int,
+             rounds: int) -> dict[Config, float]:
+    """Median seconds per forward of every configuration, all interleaved round by round."""
+    inputs = {fmt: torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+              .contiguous(memory_format=FORMATS[fmt]) for fmt in FORMATS}
+    times: dict[Config, list[float]] = {c: [] for c in fns}
+    with torch.inference_mode():
+        for c, fn in fns.items():  # warm-up: allocator, oneDNN primitive caches, compiled shape guards
+            fn(inputs[c.fmt])
+        for _ in range(rounds):
+            for c, fn in fns.items():
+                t0 = time.perf_counter()
+                fn(inputs[c.fmt])
+                times[c].append(time.perf_counter() - t0)
+    return {c: statistics.median(ts) for c, ts in times.items()}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs=2, default=["cotnet50", "resnet50"])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--models", nargs=2, default=["cotnet50", "resnet50"], metavar=("A", "B"),
+                    help="the ratio is A / B")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--rounds", type=int, nargs="+", default=None,
+                    help="interleaved rounds per batch size (default 15 at batch <= 2, else 7; --quick: 5 / 3)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--formats", nargs="+", choices=["nchw", "channels_last"], default=["nchw", "channels_last"])
+    ap.add_argument("--formats", nargs="+", choices=list(FORMATS), default=list(FORMATS))
+    ap.add_argument("--no-fold", action="store_true", help="eager only (no prepare_for_inference)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also torch.compile both folded models (inductor; compile time printed)")
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    preps = ["eager"] + ([] if args.no_fold else ["folded"]) + (["compiled"] if args.compile else [])
     a_name, b_name = args.models
-    models = {n: create_model(n) for n in args.models}
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, input {args.size}px, inference_mode, "
-          f"{args.repeats} interleaved repeats, load average {load:.2f} (noisy if > 0.5)")
-    print(f"{'format':>13}  {'batch':>5}  {a_name + ' ms':>14}  {b_name + ' ms':>14}  {'ratio':>6}")
-    with torch.inference_mode():
-        for fmt_name in args.formats:
-            fmt = torch.channels_last if fmt_name == "channels_last" else torch.contiguous_format
-            for m in models.values():
-                m.to(memory_format=fmt)
-            for batch in args.batches:
-                x = torch.randn(batch, 3, args.size, args.size).contiguous(memory_format=fmt)
-                for m in models.values():  # warm-up: allocator, oneDNN primitive caches
-                    m(x)
-                times: dict[str, list[float]] = {n: [] for n in models}
-                for _ in range(args.repeats):
-                    for n, m in models.items():
-                        times[n].append(_time(m, x))
-                ta, tb = statistics.median(times[a_name]), statistics.median(times[b_name])
-                print(f"{fmt_name:>13}  {batch:>5}  {ta * 1e3:>14.1f}  {tb * 1e3:>14.1f}  {ta / tb:>6.3f}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_WAIT_POLICY "
+          f"{os.environ['OMP_WAIT_POLICY']}, input {args.size}px, inference_mode; load average {_load()} at start")
+    t_build = time.perf_counter()
+    fns, compile_s = _build(args.models, preps, args.formats, args.size, args.compile_mode)
+    print(f"built {len(fns)} configurations in {time.perf_counter() - t_build:.1f} s")
+    for key, sec in compile_s.items():
+        print(f"  compile + first call (batch 1) {key}: {sec:.1f} s")
+    header = (f"{'prep':>8}  {'batch':>5}  {'format':>13}  {a_name + ' ms':>12}  {b_name + ' ms':>12}  {'ratio':>6}")
+    print(header, flush=True)
+    for i, batch in enumerate(args.batches):
+        if args.rounds:
+            rounds = args.rounds[min(i, len(args.rounds) - 1)]
+        else:
+            rounds = (15 if batch <= 2 else 7) if not args.quick else (5 if batch <= 2 else 3)
+        med = _measure(fns, batch, args.size, rounds)
+        rows: list[str] = []
+        for prep in preps:
+            for fmt in args.formats:
+                ta, tb = med[Config(a_name, prep, fmt)], med[Config(b_name, prep, fmt)]
+                rows.append(f"{prep:>8}  {batch:>5}  {fmt:>13}  {ta * 1e3:>12.1f}  {tb * 1e3:>12.1f}  {ta / tb:>6.3f}")
+            fa = min(args.formats, key=lambda f: med[Config(a_name, prep, f)])
+            fb = min(args.formats, key=lambda f: med[Config(b_name, prep, f)])
+            ta, tb = med[Config(a_name, prep, fa)], med[Config(b_name, prep, fb)]
+            rows.append(f"{prep:>8}  {batch:>5}  {'best':>13}  {ta * 1e3:>12.1f}  {tb * 1e3:>12.1f}  {ta / tb:>6.3f}"
+                        f"   ({a_name} {fa}, {b_name} {fb}; {rounds} rounds, load {_load()})")
+        print("\n".join(rows), flush=True)
+    print(f"load average {_load()} at end")
+
 
 if __name__ == "__main__":
     main()

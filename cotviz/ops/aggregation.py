@@ -35,7 +35,8 @@ Measured choices (``benchmarks/bench_aggregation.py``): a padded "wide" layout w
 shifts was tried and lost (it needs a tap-major copy of the weight); for small maps (Ho*Wo <=
 ``_CHANNELS_LAST_MAX_PIXELS``) the rows are too short to stream, so the work is done channels-last
 (inner loop over Cw instead of Wo) at the price of transposing copies; channels-last inputs are
-always processed channels-last and give a channels-last output. Plain tensor ops only, so the same
+processed channels-last unless their weight maps are narrow (Cw < ``_CHANNELS_LAST_MIN_CW``, where the
+inner runs are too short and the transposes to channels-first pay), and always give a channels-last output. Plain tensor ops only, so the same
 code runs on CUDA tensors (the meta device and tracers use the shape-only "fake" implementation).
 float16 / bfloat16 accumulate in float32 and round once.
 """
@@ -65,9 +66,16 @@ __all__ = [
 ]
 
 # Maps with at most this many output pixels are aggregated channels-last (rows of <= 10 pixels stream
-# badly; the transposes are cheap at that size), as are channels-last inputs of any size. Measured on
-# CPU with the stage shapes of CoTNet-50 (benchmarks/bench_aggregation.py).
+# badly; the transposes are cheap at that size), as are channels-last inputs of any size whose weight
+# maps have at least _CHANNELS_LAST_MIN_CW channels. Measured on CPU with the stage shapes of CoTNet-50
+# (benchmarks/bench_aggregation.py).
 _CHANNELS_LAST_MAX_PIXELS = 10 * 10
+# Channels-last, the innermost run of every tap's multiply-add is Cw elements (the weight broadcasts over
+# the C/Cw groups just outside it): with Cw = 8 (CoTNet-50 stage 1, 56x56) the per-run overhead dominates,
+# and transposing x and the weight to channels-first, aggregating there and transposing the output back
+# costs less: 13.9 vs 17.9 ms at B=8, C=64, 56x56, 1.9 vs 2.6 ms at B=1 (CPU time, 1 thread). From Cw = 16
+# (stage 2, 28x28) channels-last wins again (5.2 vs 6.0 ms at B=8).
+_CHANNELS_LAST_MIN_CW = 16
 # grad_w: below this many elements per channel group (B*heads*Cw*Ho*Wo) the group sum is one product
 # + reduction per tap instead of C/Cw in-place multiply-adds (launch overhead beats the temporary).
 _GROUP_SUM_MAX_ELEMENTS = 32768
@@ -291,7 +299,8 @@ def _geometry(batch: int, channels: int, height: int, width: int, heads: int, cw
     """Geometry of one kernel call (concrete sizes; the working layout chosen from the map size)."""
     out_h = output_size(height, kernel_size, stride, padding, dilation)
     out_w = output_size(width, kernel_size, stride, padding, dilation)
-    channels_last = channels_last_input or out_h * out_w <= _CHANNELS_LAST_MAX_PIXELS
+    channels_last = (out_h * out_w <= _CHANNELS_LAST_MAX_PIXELS
+                     or (channels_last_input and cw >= _CHANNELS_LAST_MIN_CW))
     return _Geometry(batch, channels, height, width, heads, cw, kernel_size, stride, padding, dilation,
                      out_h, out_w, channels_last)
 
@@ -338,15 +347,15 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _input_view(x: Tensor, geo: _Geometry) -> Tensor:
     """x (B, C, H, W) -> logical (B, C/Cw, Cw, H, W) view, channels-last memory if ``geo`` asks for it."""
-    if geo.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)  # memory (B, H, W, C); no-op if already so
+    # memory (B, H, W, C) or (B, C, H, W); no-op if already so
+    x = x.contiguous(memory_format=torch.channels_last if geo.channels_last else torch.contiguous_format)
     return x.unflatten(1, (geo.groups, geo.cw))  # (B, C/Cw, Cw, H, W), channel c = g*Cw + c % Cw
 
 
 def _weight_view(weight: Tensor, geo: _Geometry) -> Tensor:
     """weight (B, heads, Cw, KK, Ho, Wo), memory (B, KK, Ho, Wo, heads, Cw) if channels-last."""
     if not geo.channels_last:
-        return weight
+        return weight.contiguous()  # no-op for a weight computed channels-first
     return weight.permute(0, 3, 4, 5, 1, 2).contiguous().permute(0, 4, 5, 1, 2, 3)  # same logical shape
 
 
