@@ -190,7 +190,10 @@ def local_rollout(steps: Sequence[Step], cell: tuple[int, int], *,
 
 def plan_stage(attention: Mapping[int, Tensor], *, kernel_size: int, pooled_before: Mapping[int, bool],
                blurred_after: Mapping[int, bool], stage_input_size: tuple[int, int]) -> list[Step]:
-    """The forward-ordered steps of blocks ``1..max(attention)`` of a stage.
+    """The forward-ordered steps of blocks ``1..max(attention)`` of a stage, ending with the last block's window.
+
+    The query cell lives on the last block's CoT grid, so a BlurPool after the last block is not a step (blocks
+    before it keep theirs).
 
     Args:
         attention: block number (1-based, consecutive from 1) -> (M, K*K, H, W) attention at one image.
@@ -211,7 +214,7 @@ def plan_stage(attention: Mapping[int, Tensor], *, kernel_size: int, pooled_befo
             raise ValueError(f"block {b}: grid {grid} does not follow from the previous grid {size} without pooling")
         steps.append(KernelStep(attention[b], kernel_size))
         size = grid
-        if blurred_after.get(b, False):
+        if blurred_after.get(b, False) and b != blocks[-1]:
             out = ((grid[0] + 1) // 2, (grid[1] + 1) // 2)  # BlurPool2d(3, stride 2): ceil(H / 2)
             steps.append(PoolStep("blur", grid, out))
             size = out

@@ -133,6 +133,20 @@ def test_plan_stage_builds_pool_kernel_and_blur_steps() -> None:
         plan_stage({2: a[2]}, kernel_size=3, pooled_before={}, blurred_after={}, stage_input_size=(2, 2))
     with pytest.raises(ValueError, match="without pooling"):
         plan_stage({1: a[1]}, kernel_size=3, pooled_before={}, blurred_after={}, stage_input_size=(8, 8))
+    # the query cell is on the last block's CoT grid: a BlurPool after the last block is not a step
+    last = plan_stage({1: a[1]}, kernel_size=3, pooled_before={1: True}, blurred_after={1: True},
+                      stage_input_size=(8, 8))
+    assert [s.kind if isinstance(s, PoolStep) else "kernel" for s in last] == ["avgpool", "kernel"]
+
+
+def test_point_on_a_block_that_blur_pools_after_itself() -> None:
+    """SE-CoTNetD's first stage-2 block blur-pools after its CoT layer; its rollout ends at its own window."""
+    import cotviz
+    from cotviz.models import create_model
+
+    net = create_model("se_cotnetd_152", seed=0, layers=[1, 2, 1, 1], base_width=16, num_classes=10).eval()
+    ex = cotviz.explain(net, torch.rand(3, 64, 64), stage=2, blocks=[1], maps=["attention_energy"], point=(20, 20))
+    assert ex.geometry["stage2.block1"].blurred_after and ex.rollout is not None
 
 
 def test_to_input_pixels_and_cell_at_use_the_tiling_convention() -> None:
