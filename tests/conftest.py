@@ -60,6 +60,22 @@ def load_reference(reference_dir: Path) -> Callable[[str], dict[str, Any]]:
     return load
 
 
+@pytest.fixture(scope="session")
+def meta_model() -> Callable[[str], torch.nn.Module]:
+    """``meta_model("se_cotnetd_270")``: the full-size registered model on the meta device (``build_meta_model``,
+    no overrides), built once per session: shapes only, read-only use (several packages walk every variant)."""
+    from cotviz.models.meta import build_meta_model
+
+    cache: dict[str, torch.nn.Module] = {}
+
+    def get(name: str) -> torch.nn.Module:
+        if name not in cache:
+            cache[name] = build_meta_model(name)
+        return cache[name]
+
+    return get
+
+
 @pytest.fixture
 def seeded() -> Iterator[int]:
     """Seed torch's global RNG with :data:`DEFAULT_SEED` for one test; the previous RNG state is restored after."""

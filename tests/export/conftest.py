@@ -29,14 +29,16 @@ TINY = dict(layers=[1, 1, 1, 1], base_width=16, num_classes=10, zero_init_last_b
 
 
 @pytest.fixture(scope="session")
-def live_net() -> Callable[[str], nn.Module]:
-    """``live_net(name)``: the tiny ``name`` network, live residual branches, eval mode (built once)."""
-    built: dict[str, nn.Module] = {}
+def live_net() -> Callable[..., nn.Module]:
+    """``live_net(name, spatial_layer=None)``: the tiny ``name`` network, live residual branches, eval mode
+    (built once); ``spatial_layer="cot@4"``: CoT in stage 4 only (one CoT layer: the exporters' cost grows with it)."""
+    built: dict[tuple[str, str | None], nn.Module] = {}
 
-    def make(name: str) -> nn.Module:
-        if name not in built:
-            built[name] = randomize_norms(create_model(name, **TINY), seed=1).eval()
-        return built[name]
+    def make(name: str, spatial_layer: str | None = None) -> nn.Module:
+        if (name, spatial_layer) not in built:
+            extra = {} if spatial_layer is None else {"spatial_layer": spatial_layer}
+            built[name, spatial_layer] = randomize_norms(create_model(name, **TINY, **extra), seed=1).eval()
+        return built[name, spatial_layer]
 
     return make
 

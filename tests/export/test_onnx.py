@@ -52,10 +52,12 @@ def _assert_parity(model: nn.Module, path: Path, batches: tuple[int, ...]) -> No
         assert float((got - expected).abs().max()) <= TOL * max(1.0, float(expected.abs().max())), f"batch {b}"
 
 
-@pytest.mark.slow  # 20-65 s on a shared 2-core machine: torch.export, decompositions, onnxscript's optimizer
-def test_dynamo_exporter_dynamic_batch_compact_graph(live_net: Callable[[str], nn.Module], images: Tensor,
+@pytest.mark.slow  # 10-30 s on a shared 2-core machine: torch.export, decompositions, onnxscript's optimizer
+def test_dynamo_exporter_dynamic_batch_compact_graph(live_net: Callable[..., nn.Module], images: Tensor,
                                                     tmp_path: Path) -> None:
-    model = live_net("cotnet50")
+    # CoT in stage 4 only: the export's time grows with the layers (every stage's CoT layer: 18 s CPU instead of
+    # 9 s), and the aggregation's formulation does not depend on the stage (the stride-2 block of stage 4 included)
+    model = live_net("cotnet50", "cot@4")
     path = tmp_path / "cotnet.onnx"
     torch.onnx.export(model, (images,), path, dynamo=True, input_names=["x"],
                       dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
@@ -63,8 +65,10 @@ def test_dynamo_exporter_dynamic_batch_compact_graph(live_net: Callable[[str], n
     ops = Counter(node.op_type for node in onnx.load(path).graph.node)
     # the aggregation: one Pad and 3 row + 9 column Slices per layer, no scatter
     assert ops["ScatterND"] == 0
-    assert ops["Slice"] == 12 * COT_LAYERS
-    assert sum(ops.values()) < 400  # 333 nodes in torch 2.13 / onnxscript 0.7 (611 before, 128 Slice, 48 ScatterND)
+    assert ops["Slice"] == 12
+    # 112 nodes in torch 2.13 / onnxscript 0.7 (333 with a CoT layer in every stage; before the registered
+    # operator: 611 nodes, 128 Slice and 48 ScatterND for those 4 layers)
+    assert sum(ops.values()) < 150
 
 
 def test_legacy_exporter_keeps_the_aggregation(live_net: Callable[[str], nn.Module], images: Tensor,

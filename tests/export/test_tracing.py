@@ -33,11 +33,13 @@ def _input_grad(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     return g
 
 
-def test_export_with_dynamic_batch_and_size(live_net: Callable[[str], nn.Module], images: Tensor) -> None:
-    model = live_net("cotnet50")
+def test_export_with_dynamic_batch_and_size(live_net: Callable[..., nn.Module], images: Tensor) -> None:
+    # CoT in stage 4 only (after four stride-2 steps: the most involved symbolic sizes): a CoT layer in every stage
+    # made the export 3-4 times slower and tested nothing more (one registered operator, whatever the stage)
+    model = live_net("cotnet50", "cot@4")
     program = torch.export.export(model, (images,), dynamic_shapes={"x": {0: Dim.DYNAMIC, 2: Dim.DYNAMIC,
                                                                            3: Dim.DYNAMIC}})
-    assert sum(n.target is AGG for n in program.graph.nodes) == 4  # one opaque node per CoT layer
+    assert sum(n.target is AGG for n in program.graph.nodes) == 1  # one opaque node per CoT layer
     exported = program.module()
     for b, h, w in ((1, 64, 64), (3, 96, 96), (2, 64, 96)):
         x = torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(h + w))
@@ -53,8 +55,8 @@ def test_fx_symbolic_trace_keeps_the_operator_whole(live_net: Callable[[str], nn
     torch.testing.assert_close(traced(images), _eager(model, images), atol=0, rtol=0)
 
 
-def test_jit_trace_with_grad_mode_on(live_net: Callable[[str], nn.Module], images: Tensor) -> None:
-    model = live_net("cotnet50")
+def test_jit_trace_with_grad_mode_on(live_net: Callable[..., nn.Module], images: Tensor) -> None:
+    model = live_net("cotnet50", "cot@4")  # one CoT layer (stage 4) is enough to catch the out= product
     traced = torch.jit.trace(model, (images,))  # grad mode on, parameters require grad
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(9))
     torch.testing.assert_close(traced(x), _eager(model, x), atol=1e-5, rtol=1e-5)

@@ -573,15 +573,11 @@ def test_nothing_in_common_is_an_error_even_when_not_strict(tmp_path: Path) -> N
 
 
 @pytest.fixture(scope="module")
-def registry_shapes() -> dict[str, Shapes]:
+def registry_shapes(meta_model: Callable[[str], nn.Module]) -> dict[str, Shapes]:
     from cotviz.models import registry
 
-    shapes = {}
-    for name in registry.list_models():
-        with torch.device("meta"):
-            model = registry.create_model(name)
-        shapes[name] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return shapes
+    return {name: {k: tuple(v.shape) for k, v in meta_model(name).state_dict().items()}
+            for name in registry.list_models()}
 
 
 def _meta_model(name: str, **overrides: Any) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,9 +22,9 @@ from cotviz.models.meta import (
 TINY_SE = {"layers": [1, 1, 2, 1], "num_classes": 10}
 
 
-def test_recorded_figures_equal_a_meta_build_of_every_registered_model() -> None:
+def test_recorded_figures_equal_a_meta_build_of_every_registered_model(meta_model: Callable[[str], nn.Module]) -> None:
     assert list(RECORDED_FIGURES) == list_models()  # a new variant needs its figures recorded
-    built = {name: count_figures(build_meta_model(name)) for name in list_models()}
+    built = {name: count_figures(meta_model(name)) for name in list_models()}
     assert RECORDED_FIGURES == built
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from torch import nn
 
-from cotviz.models.meta import build_meta_model
 from cotviz.profile import build_report, count_model
 from cotviz.profile.counting import CountResult
 
@@ -33,11 +33,12 @@ def flops_reference(reference_dir: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def counts(flops_reference: dict[str, Any]) -> dict[tuple[str, int], tuple[nn.Module, CountResult]]:
+def counts(flops_reference: dict[str, Any], meta_model: Callable[[str], nn.Module]
+           ) -> dict[tuple[str, int], tuple[nn.Module, CountResult]]:
     """Every variant counted at every size the reference lists (224 and the default resolution)."""
     out = {}
     for name in VARIANTS:
-        model = build_meta_model(name)
+        model = meta_model(name)
         for size in flops_reference["totals"][name]:
             out[name, int(size)] = model, count_model(model, (1, 3, int(size), int(size)))
     return out
