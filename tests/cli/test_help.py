@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from cotviz.cli.app import app
 
 
-@pytest.mark.parametrize("command", [[], ["models"], ["profile"], ["attention"], ["compare"], ["sanity"]])
+@pytest.mark.parametrize("command", [[], ["models"], ["profile"], ["attention"], ["compare"], ["sanity"], ["explore"],
+                                     ["stats"]])
 def test_help_shows_no_bool_placeholder_and_fits_80_columns(command: list[str]) -> None:
     r = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
     assert r.exit_code == 0, r.output
