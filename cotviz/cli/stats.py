@@ -127,6 +127,8 @@ def stats(
         "--figure-stage", metavar="N", help="Stage of the per-head figure. Default: 3 if selected, else the "
                                             "last selected.", show_default=False)] = None,
     fmt: Annotated[FigureFormat, typer.Option("--format", help="Figure format.")] = FigureFormat.png,
+    no_figures: Annotated[bool, typer.Option("--no-figures", metavar=FLAG,
+                                             help="Write the numbers only (no figures).")] = False,
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Output directory.")] = Path("stats"),
     json_out: Annotated[bool, typer.Option("--json", metavar=FLAG,
                                            help="Print a machine-readable summary on stdout.")] = False,
@@ -157,7 +159,7 @@ def stats(
                                    dtype=None if dtype is None else dtype.value, checkpoint_every=checkpoint_every,
                                    resume=resume, out=out, bins=bins, figure_stage=figure_stage,
                                    preprocess=None if size is None else {"size": size},
-                                   figure_format=fmt.value, progress=bar)
+                                   figures=not no_figures, figure_format=fmt.value, progress=bar)
     finally:
         bar.close()
     if world.rank != 0:
@@ -166,7 +168,7 @@ def stats(
     if json_out:
         from cotviz.stats.outputs import output_files
 
-        files = output_files(out, result, figure_stage=figure_stage, fmt=fmt.value)
+        files = output_files(out, result, figure_stage=figure_stage, fmt=fmt.value, figures=not no_figures)
         print_json({"out_dir": str(out), "files": files, "model": result.model, "data": result.data, "run": run,
                     "failures": result.failures})
         return

@@ -8,7 +8,7 @@ series in a handful of vectorised ops and ``torch.distributed`` collectives merg
   ``hist`` (S, bins + 2) int64 -- column 0 counts values below the series' ``lo``, columns 1..bins the fixed
   uniform bins of ``[lo, hi]`` (``hi`` itself in the last one), column bins+1 values above ``hi`` -- all merged by
   summing (integers: exact in any order), ``minimum`` / ``maximum`` (S,) float64 merged by min / max (exact).
-* mean and variance: Welford's per-batch moments ``(n, mean, M2)`` in float64 (two passes over the batch), merged
+* mean and variance: per-batch moments ``(n, mean, M2)`` (two passes over the batch, float64 accumulation), merged
   with Chan et al.'s parallel formula (:meth:`Moments.merge`, Chan, Golub & LeVeque 1979/1983)::
 
       n = na + nb;  d = mb - ma;  mean = ma + d * nb / n;  M2 = M2a + M2b + d^2 * na * nb / n
@@ -159,8 +159,10 @@ class BatchPartial:
     def observe(self, index: Tensor, values: Tensor) -> None:
         """Record ``values`` (K, N) as the samples of series ``index`` (K,) (any float dtype, any device).
 
-        Computed in float64 (float32 values convert exactly): the mean, then M2 about it, then min / max and
-        the bin of every finite value, ``floor((x - lo) * bins / (hi - lo))``.
+        Two passes in float64 (float32 samples convert exactly; float16 / bfloat16 are widened first): the mean,
+        then ``M2 = sum((x - mean)^2)``; min / max; and the bin of every finite value,
+        ``floor((x - lo) * bins / (hi - lo))`` in the samples' precision (``hi`` itself in the last bin).
+        Non-finite values are counted in ``nonfinite`` and left out of everything else.
         """
         if values.ndim != 2 or values.shape[0] != index.shape[0]:
             raise InvalidArgumentError(f"values must be (K, N) for K = {index.shape[0]} series, got "
@@ -169,36 +171,68 @@ class BatchPartial:
         if bool(self._seen[idx].any()):
             raise InvalidArgumentError("a series was observed twice in one batch")
         self._seen[idx] = True
-        x = values.detach().to(torch.float64)  # (K, N)
+        x = values.detach()
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.float()
+        k, total = x.shape
         dev = x.device
-        lo, hi = self.lo[idx].to(dev)[:, None], self.hi[idx].to(dev)[:, None]  # (K, 1)
-        finite = torch.isfinite(x)  # (K, N)
-        n = finite.sum(dim=1)  # (K,)
-        xs = torch.where(finite, x, torch.zeros_like(x))
+        x64 = x.to(torch.float64, copy=True)  # float32 converts exactly; a private copy (modified below)
+        sums = x64.sum(dim=1)  # (K,)
+        dense = bool(torch.isfinite(sums).all())  # every sample finite (float64 sums of float32 cannot overflow)
+        finite = None if dense else torch.isfinite(x)  # (K, N)
+        if finite is None:
+            xs = x
+            n = torch.full((k,), total, dtype=torch.int64, device=dev)
+        else:
+            xs = torch.where(finite, x, torch.zeros_like(x))
+            x64 = xs.double()
+            n = finite.sum(dim=1)
+            sums = x64.sum(dim=1)
         nf = n.to(torch.float64)
-        mean = xs.sum(dim=1) / nf.clamp_min(1)  # (K,)
-        dev_sq = torch.where(finite, x - mean[:, None], torch.zeros_like(x)).square()
-        m2 = dev_sq.sum(dim=1)
-        mn = torch.where(finite, x, torch.full_like(x, float("inf"))).amin(dim=1) if x.shape[1] else \
-            torch.full_like(nf, float("inf"))
-        mx = torch.where(finite, x, torch.full_like(x, float("-inf"))).amax(dim=1) if x.shape[1] else \
-            torch.full_like(nf, float("-inf"))
-        b = self.bins
-        # bin 1..b for lo <= x <= hi (hi itself in bin b, also when rounding puts x just below hi at b), 0 below
-        # lo, b + 1 above hi
-        pos = torch.floor((xs - lo) * (b / (hi - lo))).clamp(0, b - 1).to(torch.int64) + 1  # (K, N)
-        pos = torch.where(xs > hi, torch.full_like(pos, b + 1), torch.where(xs < lo, torch.zeros_like(pos), pos))
-        rows = torch.arange(x.shape[0], device=dev)[:, None] * (b + 2)  # (K, 1)
-        flat = (rows + pos)[finite]
-        hist = torch.bincount(flat, minlength=x.shape[0] * (b + 2)).reshape(x.shape[0], b + 2)  # (K, b+2)
+        mean = sums / nf.clamp_min(1)  # (K,)
+        d = x64.sub_(mean[:, None])  # (K, N) float64 deviations (x64 is a private copy)
+        if finite is not None:
+            d.masked_fill_(~finite, 0)
+        m2 = torch.linalg.vecdot(d, d, dim=1)  # (K,) sum of squared deviations
+        if total == 0:
+            mn = torch.full((k,), float("inf"), dtype=torch.float64, device=dev)
+            mx = -mn
+        elif finite is None:
+            mn32, mx32 = torch.aminmax(x, dim=1)
+            mn, mx = mn32.double(), mx32.double()
+        else:
+            mn = torch.where(finite, x, torch.full_like(x, float("inf"))).amin(dim=1).double()
+            mx = torch.where(finite, x, torch.full_like(x, float("-inf"))).amax(dim=1).double()
+        hist = self._bins(idx, xs, finite)
         self.count[idx] = n.cpu()
-        self.nonfinite[idx] = (x.shape[1] - n).cpu()
+        self.nonfinite[idx] = (total - n).cpu()
         self.moments.n[idx] = nf.cpu()
         self.moments.mean[idx] = mean.cpu()
         self.moments.m2[idx] = m2.cpu()
         self.minimum[idx] = mn.cpu()
         self.maximum[idx] = mx.cpu()
         self.hist[idx] = hist.cpu()
+
+
+    def _bins(self, idx: Tensor, xs: Tensor, finite: Tensor | None) -> Tensor:
+        """(K, bins + 2) counts of ``xs`` (K, N): ``floor((x - lo) * bins / (hi - lo))`` in the samples' precision,
+        ``hi`` itself in the last bin, column 0 below ``lo``, the last column above ``hi``."""
+        b = self.bins
+        k = xs.shape[0]
+        lo, hi = self.lo[idx], self.hi[idx]
+        if bool((lo == lo[0]).all() and (hi == hi[0]).all()):  # one range for all rows: scalar arithmetic
+            lo_t: Tensor | float = float(lo[0])
+            hi_t: Tensor | float = float(hi[0])
+            scale: Tensor | float = b / (float(hi[0]) - float(lo[0]))
+        else:
+            lo_t, hi_t = lo.to(xs.device, xs.dtype)[:, None], hi.to(xs.device, xs.dtype)[:, None]  # (K, 1)
+            scale = (b / (hi - lo)).to(xs.device, xs.dtype)[:, None]
+        t = (xs - lo_t).mul_(scale).floor_().clamp_(-1, b - 1)  # (K, N): -1 below lo, 0 .. b-1 inside
+        t.masked_fill_(xs > hi_t, b)  # above hi
+        pos = t.to(torch.int64).add_(1)  # (K, N): column 0 below lo, 1..b the bins, b + 1 above hi
+        pos += torch.arange(k, device=xs.device)[:, None] * (b + 2)
+        flat = pos.reshape(-1) if finite is None else pos[finite]
+        return torch.bincount(flat, minlength=k * (b + 2)).reshape(k, b + 2)  # (K, b+2)
 
 
 class Accumulator:

@@ -29,7 +29,8 @@ import torch.distributed as dist
 from cotviz.errors import InvalidArgumentError
 from cotviz.stats.accumulators import Accumulator, Moments, MomentTree
 
-__all__ = ["World", "broadcast_tensor", "gather_bytes", "process_group", "reduce_accumulator", "world_from_env"]
+__all__ = ["World", "broadcast_tensor", "gather_bytes", "max_float", "process_group", "reduce_accumulator", "sum_int",
+           "world_from_env"]
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,13 @@ def sum_int(value: int) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=_comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return int(t.item())
+
+
+def max_float(value: float) -> float:
+    """The largest ``value`` over the ranks."""
+    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 def reduce_accumulator(acc: Accumulator, total_batches: int) -> Accumulator:

@@ -87,26 +87,30 @@ def default_figure_stage(result: StatsResult) -> int:
 
 
 def output_files(out_dir: Path, result: StatsResult, *, figure_stage: int | None = None, fmt: str = "png",
-                 ) -> dict[str, Path]:
+                 figures: bool = True) -> dict[str, Path]:
     """The files :func:`save_outputs` writes, by kind."""
     out_dir = Path(out_dir)
     stage = default_figure_stage(result) if figure_stage is None else figure_stage
-    return {"json": out_dir / "stats.json", "csv": out_dir / "stats.csv", "summary": out_dir / "summary.md",
-            "histograms": out_dir / "histograms.npz", "depth_figure": out_dir / f"depth.{fmt}",
-            "heads_figure": out_dir / f"heads_stage{stage}.{fmt}"}
+    files = {"json": out_dir / "stats.json", "csv": out_dir / "stats.csv", "summary": out_dir / "summary.md",
+             "histograms": out_dir / "histograms.npz"}
+    if figures:
+        files.update({"depth_figure": out_dir / f"depth.{fmt}", "heads_figure": out_dir / f"heads_stage{stage}.{fmt}"})
+    return files
 
 
 def save_outputs(result: StatsResult, out_dir: Path, *, figure_stage: int | None = None, fmt: str = "png",
-                 dpi: float = 100) -> dict[str, Path]:
-    """Write every file into ``out_dir``; returns ``{kind: path}``."""
-    from cotviz.stats.figures import depth_figure, heads_figure
-
-    files = output_files(out_dir, result, figure_stage=figure_stage, fmt=fmt)
+                 dpi: float = 100, figures: bool = True) -> dict[str, Path]:
+    """Write every file into ``out_dir`` (the figures only with ``figures``); returns ``{kind: path}`` written."""
+    files = output_files(out_dir, result, figure_stage=figure_stage, fmt=fmt, figures=figures)
     stage = default_figure_stage(result) if figure_stage is None else figure_stage
     write_json(files["json"], result.to_dict())
     _write_text(files["csv"], render_csv(result))
     _write_text(files["summary"], render_markdown(result))
     write_npz(files["histograms"], result.histograms())
+    if not figures:
+        return files
+    from cotviz.stats.figures import depth_figure, heads_figure
+
     save_figure(depth_figure(result, dpi=dpi), files["depth_figure"], fmt)
     save_figure(heads_figure(result, stage, dpi=dpi), files["heads_figure"], fmt)
     return files

@@ -7,8 +7,9 @@
       "kind": "cotviz.stats",
       "model": {...}                 # provenance: name, init, untrained, weights path + sha256 (as `attention`)
       "data": {"root", "kind", "images" (listed), "classes" (count or null), "sha256" (of the sorted list)},
-      "run": {"images": processed, "failed": count, "world_size", "batch_size", "device", "dtype", "threads",
-              "seconds", "images_per_second", "resumed": bool},
+      "run": {"images": accumulated, "failed": unreadable, "world_size", "batch_size", "workers", "device",
+              "dtype", "threads_per_rank", "seconds" (the slowest rank's streaming loop, this session),
+              "images_per_second" (images of this session / seconds), "resumed": bool},
       "preprocessing": {...},        # the model's pretrained preprocessing as applied
       "histogram": {"bins", "calibration_images": [first readable files], "ranges": {"<block>/<map>": [lo, hi]},
                     "note"},

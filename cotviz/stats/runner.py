@@ -202,10 +202,15 @@ def _observe(layout: Layout, part: BatchPartial, labels: torch.Tensor | None) ->
             return
         for name, (full, per_head) in record_values(rec, bl.maps).items():
             off = layout.offsets[(bl.name, name)]
-            m = per_head.shape[1]
-            part.observe(torch.tensor([off]), full.reshape(1, -1))
-            # (B, M, N) -> (M, B*N): head h's samples of every image
-            part.observe(torch.arange(off + 1, off + 1 + m), per_head.transpose(0, 1).reshape(m, -1))
+            b, m, n = per_head.shape
+            if full.shape[1] == n:  # one call for head "all" and the heads
+                rows = torch.empty(m + 1, b, n, dtype=per_head.dtype, device=per_head.device)  # (1 + M, B, N)
+                rows[0] = full
+                rows[1:] = per_head.transpose(0, 1)  # (B, M, N) -> (M, B, N): head h's samples of every image
+                part.observe(torch.arange(off, off + 1 + m), rows.reshape(m + 1, b * n))
+            else:  # fusion weights: C samples per image for "all", C/M per head
+                part.observe(torch.tensor([off]), full.reshape(1, -1))
+                part.observe(torch.arange(off + 1, off + 1 + m), per_head.transpose(0, 1).reshape(m, -1))
             if labels is not None:
                 coff = layout.class_offsets[(bl.name, name)]
                 dev_labels = labels.to(full.device)
@@ -241,7 +246,7 @@ def compute_stats(model: nn.Module | str | LoadedModel, data: str | os.PathLike[
                   checkpoint_dir: str | os.PathLike[str] | None = None,
                   preprocess: PreprocessConfig | Mapping[str, Any] | None = None,
                   bins: int = 64, calibration_images: int = 16, allow_nonfinite: bool = False,
-                  figure_stage: int | None = None, figure_format: str = "png",
+                  figures: bool = True, figure_stage: int | None = None, figure_format: str = "png",
                   progress: Callable[[Progress], object] | None = None) -> StatsResult:
     """Statistics of every (stage, block, head, quantity) of ``model`` over the images of ``data``.
 
@@ -264,7 +269,8 @@ def compute_stats(model: nn.Module | str | LoadedModel, data: str | os.PathLike[
         preprocess: a :class:`cotviz.io.PreprocessConfig`, or overrides of the model's pretrained preprocessing
             (``{"size": 160, "crop_pct": 1.0, "no_crop": False}``); default: the model's.
         bins: histogram bins per series. calibration_images: images that fix the calibrated histogram ranges.
-        figure_stage: the stage of the per-head figure (default: 3 if selected, else the last selected stage).
+        figures: with ``out``, also draw the figures. figure_stage: the stage of the per-head figure (default: 3 if
+            selected, else the last selected stage). figure_format: png, svg or pdf.
         progress: called with a :class:`Progress` after every batch.
 
     Returns:
@@ -341,19 +347,22 @@ def compute_stats(model: nn.Module | str | LoadedModel, data: str | os.PathLike[
         acc = state.acc
         images, failures = state.images, state.failures
         total_batches = -(-len(dset) // batch_size)
+        fresh = images - (ckpt.images if ckpt is not None else 0)
         if world.distributed:
             acc = dist_ops.reduce_accumulator(acc, total_batches)
             images = dist_ops.sum_int(images)
             failures = [f for part in dist_ops.gather_bytes(json.dumps(failures).encode("utf-8"))
                         for f in json.loads(part.decode("utf-8"))]
-            seconds = float(dist_ops.broadcast_tensor(torch.tensor([seconds], dtype=torch.float64))[0])
+            seconds = dist_ops.max_float(seconds)  # the slowest rank: the parallel loop's wall time
+            fresh = dist_ops.sum_int(fresh)
         failures = [{"input": p.item, "error": p.message} for p in dset.problems] + failures
         result = StatsResult(
             layout=layout, accumulator=acc, model=loaded.provenance(), model_name=loaded.name,
             data=dset.describe(),
             run={"images": images, "failed": len(failures), "world_size": world.size, "batch_size": batch_size,
                  "workers": n_workers, "device": str(run_dev), "dtype": str(run_dtype).replace("torch.", ""),
-                 "threads_per_rank": torch.get_num_threads(), "seconds_rank0": round(seconds, 3),
+                 "threads_per_rank": torch.get_num_threads(), "seconds": round(seconds, 3),
+                 "images_per_second": round(fresh / seconds, 3) if seconds > 0 else None,
                  "resumed": ckpt is not None},
             preprocessing=_cfg_dict(cfg),
             calibration={"calibration_images": calib_sources,
@@ -366,7 +375,7 @@ def compute_stats(model: nn.Module | str | LoadedModel, data: str | os.PathLike[
         if out_dir is not None and world.rank == 0:
             from cotviz.stats.outputs import save_outputs
 
-            save_outputs(result, out_dir, figure_stage=figure_stage, fmt=figure_format)
+            save_outputs(result, out_dir, figure_stage=figure_stage, fmt=figure_format, figures=figures)
         if world.distributed:
             import torch.distributed as dist
 

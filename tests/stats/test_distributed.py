@@ -34,7 +34,7 @@ def test_torchrun_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "--max-restarts", "0", "-m", "cotviz", "stats", str(data),
            "--model", "cotnet_demo", "--weights", "demo", "--stages", "2-4", "--batch-size", "2", "--workers", "1",
-           "--threads", "1", "--checkpoint-every", "2", "--out", str(out), "--json"]
+           "--threads", "1", "--checkpoint-every", "2", "--out", str(out), "--json", "--no-figures"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -59,7 +59,8 @@ def _reference(net: nn.Module, paths: list[Path], block: str, name: str) -> np.n
 
 def test_numbers_bad_files_and_classes(net: nn.Module, tree: Path) -> None:
     res = compute_stats(net, list_dataset(tree, by_class=True), by_class=True, stages="1,3", batch_size=3,
-                        workers=0, preprocess=SMALL, maps=["dynamic_share", "attention_entropy", "fusion_dynamic_fraction"])
+                        workers=0, preprocess=SMALL, maps=["dynamic_share", "attention_entropy", "fusion_dynamic_fraction",
+                                                       "fusion_dynamic_weight"])
     assert res.images == 8 and res.run["failed"] == 1
     assert res.failures[0]["input"].endswith("zz_bad.png") and "not an image" in res.failures[0]["error"]
     good = sorted(p for p in tree.rglob("*.png") if p.name != "zz_bad.png")
@@ -80,6 +81,8 @@ def test_numbers_bad_files_and_classes(net: nn.Module, tree: Path) -> None:
     whole = res.select(map="fusion_dynamic_fraction", head=None, stage=3)[0]
     pooled = sum(r["mean"] * r["count"] for r in per_class) / 8
     assert pooled == pytest.approx(whole["mean"], rel=1e-12)
+    weights = res.select(map="fusion_dynamic_weight", stage=1)  # 16 channels, 2 heads of 8: per image and channel
+    assert [r["count"] for r in weights] == [8 * 16, 8 * 8, 8 * 8]
     doc = json.loads(json.dumps(res.to_dict()))
     assert doc["schema_version"] == 1 and len(doc["series"]) == len(res.layout)
 
