@@ -8,8 +8,10 @@ noise hits all of them alike. The ratio of a preparation compares each model in 
 (``best``) and, for reference, both in each format. Prints tables; nothing is asserted.
 
     python benchmarks/bench_models.py                 # eager + folded, batch 1 and 8, both formats (~2-3 min)
-    python benchmarks/bench_models.py --compile       # + torch.compile of both folded models (compile time printed)
+    python benchmarks/bench_models.py --compile       # + torch.compile of both folded models, channels-last
+                                                      # (compile time printed; adds minutes, see --help)
     python benchmarks/bench_models.py --quick         # fewer rounds, for a first look (~1 min)
+    python benchmarks/bench_models.py --threads 1 --cpu-time   # CPU time per forward: robust on a loaded machine
 
 ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` here (set before torch loads OpenMP): with the default spin
 policy, 2 intra-op threads on a 2-core machine shared with other processes made a resnet50 batch-1 forward
@@ -56,9 +58,10 @@ def _to_format(model: nn.Module, fmt: str) -> nn.Module:
     return model.to(memory_format=FORMATS[fmt])  # type: ignore[call-overload]  # missing from torch's stubs
 
 
-def _build(names: list[str], preps: list[str], formats: list[str], size: int,
-           compile_mode: str | None) -> tuple[dict[Config, Callable[[torch.Tensor], torch.Tensor]], dict[str, float]]:
-    """Every configuration's forward; compiled ones are compiled here (first call at batch 1), timed."""
+def _build(names: list[str], preps: list[str], formats: list[str], size: int, compile_mode: str | None,
+           compile_format: str) -> tuple[dict[Config, Callable[[torch.Tensor], torch.Tensor]], dict[str, float]]:
+    """Every configuration's forward; compiled ones (``compile_format`` only) are compiled here, by their
+    first call at batch 1, which is timed."""
     fns: dict[Config, Callable[[torch.Tensor], torch.Tensor]] = {}
     compile_s: dict[str, float] = {}
     for name in names:
@@ -67,6 +70,8 @@ def _build(names: list[str], preps: list[str], formats: list[str], size: int,
             eager = _to_format(copy.deepcopy(base), fmt)
             folded: nn.Module | None = None
             for prep in preps:
+                if prep == "compiled" and fmt != compile_format:
+                    continue
                 if prep == "eager":
                     fns[Config(name, prep, fmt)] = eager
                     continue
@@ -87,19 +92,23 @@ def _build(names: list[str], preps: list[str], formats: list[str], size: int,
 
 
 def _measure(fns: dict[Config, Callable[[torch.Tensor], torch.Tensor]], batch: int, size: int,
-             rounds: int) -> dict[Config, float]:
-    """Median seconds per forward of every configuration, all interleaved round by round."""
+             rounds: int, clock: Callable[[], float]) -> dict[Config, float]:
+    """Median seconds (of ``clock``) per forward of every configuration, all interleaved round by round."""
     inputs = {fmt: torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
               .contiguous(memory_format=FORMATS[fmt]) for fmt in FORMATS}
     times: dict[Config, list[float]] = {c: [] for c in fns}
     with torch.inference_mode():
         for c, fn in fns.items():  # warm-up: allocator, oneDNN primitive caches, compiled shape guards
+            t0 = time.perf_counter()
             fn(inputs[c.fmt])
+            if c.prep == "compiled" and time.perf_counter() - t0 > 1.0:
+                print(f"  first call at batch {batch} (a recompile for this shape) {c.model} {c.fmt}: "
+                      f"{time.perf_counter() - t0:.1f} s", flush=True)
         for _ in range(rounds):
             for c, fn in fns.items():
-                t0 = time.perf_counter()
+                t0 = clock()
                 fn(inputs[c.fmt])
-                times[c].append(time.perf_counter() - t0)
+                times[c].append(clock() - t0)
     return {c: statistics.median(ts) for c, ts in times.items()}
 
 
@@ -117,15 +126,26 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="also torch.compile both folded models (inductor; compile time printed)")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    ap.add_argument("--compile-format", choices=list(FORMATS), default="channels_last",
+                    help="the one memory format compiled models run in (inductor picks its own conv layouts)")
     ap.add_argument("--quick", action="store_true", help="fewer rounds")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time the CPU time of the calling thread instead of wall time (needs --threads 1, where "
+                         "all compute runs on that thread): what a forward costs, without the time other "
+                         "processes take the core away -- for a loaded machine")
     args = ap.parse_args()
+    if args.cpu_time and args.threads != 1:
+        ap.error("--cpu-time needs --threads 1 (other intra-op threads' CPU time would not be counted)")
     torch.set_num_threads(args.threads)
+    clock = time.thread_time if args.cpu_time else time.perf_counter
     preps = ["eager"] + ([] if args.no_fold else ["folded"]) + (["compiled"] if args.compile else [])
     a_name, b_name = args.models
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_WAIT_POLICY "
-          f"{os.environ['OMP_WAIT_POLICY']}, input {args.size}px, inference_mode; load average {_load()} at start")
+          f"{os.environ['OMP_WAIT_POLICY']}, input {args.size}px, inference_mode, "
+          f"{'CPU time of the calling thread' if args.cpu_time else 'wall time'}; load average {_load()} at start")
     t_build = time.perf_counter()
-    fns, compile_s = _build(args.models, preps, args.formats, args.size, args.compile_mode)
+    formats = list(dict.fromkeys([*args.formats, *([args.compile_format] if args.compile else [])]))
+    fns, compile_s = _build(args.models, preps, formats, args.size, args.compile_mode, args.compile_format)
     print(f"built {len(fns)} configurations in {time.perf_counter() - t_build:.1f} s")
     for key, sec in compile_s.items():
         print(f"  compile + first call (batch 1) {key}: {sec:.1f} s")
@@ -136,14 +156,17 @@ def main() -> None:
             rounds = args.rounds[min(i, len(args.rounds) - 1)]
         else:
             rounds = (15 if batch <= 2 else 7) if not args.quick else (5 if batch <= 2 else 3)
-        med = _measure(fns, batch, args.size, rounds)
+        med = _measure(fns, batch, args.size, rounds, clock)
         rows: list[str] = []
         for prep in preps:
-            for fmt in args.formats:
+            fmts = [f for f in formats if Config(a_name, prep, f) in med]
+            for fmt in fmts:
                 ta, tb = med[Config(a_name, prep, fmt)], med[Config(b_name, prep, fmt)]
                 rows.append(f"{prep:>8}  {batch:>5}  {fmt:>13}  {ta * 1e3:>12.1f}  {tb * 1e3:>12.1f}  {ta / tb:>6.3f}")
-            fa = min(args.formats, key=lambda f: med[Config(a_name, prep, f)])
-            fb = min(args.formats, key=lambda f: med[Config(b_name, prep, f)])
+            if len(fmts) < 2:
+                continue
+            fa = min(fmts, key=lambda f: med[Config(a_name, prep, f)])
+            fb = min(fmts, key=lambda f: med[Config(b_name, prep, f)])
             ta, tb = med[Config(a_name, prep, fa)], med[Config(b_name, prep, fb)]
             rows.append(f"{prep:>8}  {batch:>5}  {'best':>13}  {ta * 1e3:>12.1f}  {tb * 1e3:>12.1f}  {ta / tb:>6.3f}"
                         f"   ({a_name} {fa}, {b_name} {fb}; {rounds} rounds, load {_load()})")
