@@ -28,6 +28,8 @@ __all__ = [
     "explain_many",
     "Explanation",
     "CotvizError",
+    "register_timm",
+    "backbone_with_fpn",
 ]
 
 _LAZY: dict[str, str] = {
@@ -40,6 +42,8 @@ _LAZY: dict[str, str] = {
     "explain_many": "cotviz.explain",
     "Explanation": "cotviz.explain",
     "CotvizError": "cotviz.errors",
+    "register_timm": "cotviz.interop.timm",
+    "backbone_with_fpn": "cotviz.interop.torchvision",
 }
 
 

@@ -3,12 +3,15 @@
 ::
 
     import quantus
-    mprt = quantus.MPRT(return_average_correlation=True, skip_layers=True)
+    mprt = quantus.MPRT(skip_layers=True, return_last_correlation=True)
     scores = mprt(model=model, x_batch=x, y_batch=y, explain_func=cotviz.interop.quantus_grad_cam,
                   explain_func_kwargs={"stage": 4})
 
-The map is signed by default (``relu=False``): after randomising a network the ReLU'd CAM is often all zero,
-which Quantus refuses (``AssertionError: ... all equal to zero``).
+By default the map is the absolute value of the signed Grad-CAM (``relu=False, absolute=True``): Quantus
+refuses an explanation that is all zero (the ReLU'd CAM of a randomised network often is: ``AssertionError:
+... all equal to zero``) and one that is all negative (the signed CAM of a randomised network can be:
+``Attributions should not all be less than zero``); the magnitude is neither, and is what Adebayo et al.'s
+sanity checks compare as well. ``absolute=False`` hands Quantus the signed map.
 """
 
 from __future__ import annotations
@@ -26,23 +29,25 @@ __all__ = ["quantus_grad_cam"]
 
 
 def quantus_grad_cam(model: nn.Module, inputs: Any, targets: Any, *, stage: int = 4, relu: bool = False,
-                     device: str | torch.device | None = None, **kwargs: Any) -> np.ndarray:
+                     absolute: bool = True, device: str | torch.device | None = None, **kwargs: Any) -> np.ndarray:
     """Quantus ``explain_func``: Grad-CAM of ``targets`` at ``layer{stage}``, upsampled to the input.
 
     Args:
         model: a cotviz network (Quantus hands its randomised copies too).
         inputs: (B, 3, H, W) array or tensor; targets: (B,) class indices.
         stage: 1..4. relu: the ReLU of Grad-CAM (default off: the signed map).
+        absolute: the magnitude of the map (default; see the module docstring).
         device: where to run (default: the model's device). Other keyword arguments are refused.
 
     Returns:
         float32 array (B, 1, H, W).
     """
     if kwargs:
-        raise InvalidArgumentError(f"quantus_grad_cam takes stage, relu and device; got {sorted(kwargs)}")
+        raise InvalidArgumentError(f"quantus_grad_cam takes stage, relu, absolute and device; got {sorted(kwargs)}")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     x = torch.as_tensor(np.asarray(inputs) if not isinstance(inputs, torch.Tensor) else inputs,
                         dtype=torch.float32).to(dev)
     y = [int(t) for t in np.asarray(targets).reshape(-1)]
     result = grad_cam(model.eval(), x, stage, y, relu=relu)
-    return result.upsampled[:, None].cpu().numpy().astype(np.float32)
+    cam = result.upsampled.abs() if absolute else result.upsampled  # (B, H, W)
+    return cam[:, None].cpu().numpy().astype(np.float32)

@@ -55,7 +55,9 @@ def backbone_with_fpn(model: nn.Module, returned_layers: Sequence[int] = (1, 2, 
 
     Returns:
         ``BackboneWithFPN``: (B, 3, H, W) -> ``OrderedDict`` ``"0", "1", ...`` of (B, out_channels, H/s, W/s),
-        s = 4, 8, 16, 32 (for ``(1, 2, 3, 4)``) then 64 (``"pool"``).
+        s = 4, 8, 16, 32 (for ``(1, 2, 3, 4)``) then 64 (``"pool"``). Its ``body`` holds the network's modules:
+        to train a detector on small batches with the BatchNorm statistics kept (torchvision's frozen BN), call
+        ``backbone.body.eval()`` after ``detector.train()``.
     """
     channels = _stage_channels(model)
     layers = [int(i) for i in returned_layers]

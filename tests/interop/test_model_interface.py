@@ -141,5 +141,7 @@ def test_attention_folds_into_channels() -> None:
 
 
 def test_a_missing_tool_is_one_line() -> None:
+    assert cotviz.register_timm is cotviz.interop.register_timm  # the top-level names
+    assert cotviz.backbone_with_fpn is cotviz.interop.backbone_with_fpn
     with pytest.raises(MissingDependencyError, match="needs no-such-tool, which is not installed: pip install"):
         require("cotviz_no_such_tool", "no-such-tool", "this call")
