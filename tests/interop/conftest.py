@@ -16,6 +16,7 @@ PyTorch CPU index) none of this happens.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from types import ModuleType
@@ -46,6 +47,7 @@ def _nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return order[torch.tensor(keep, dtype=torch.long)]
 
 
+@functools.cache
 def _load_torchvision() -> tuple[ModuleType | None, str]:
     """torchvision (or None) and how it loaded: "" (its own build), "compat" (see module docstring), or why not."""
     try:
@@ -68,14 +70,13 @@ def _load_torchvision() -> tuple[ModuleType | None, str]:
     return tv, "compat"
 
 
-TORCHVISION, TORCHVISION_LOAD = _load_torchvision()
-
-
 def need(module: str) -> ModuleType:
-    """Import an optional tool or skip the test saying why."""
+    """Import an optional tool or skip the test saying why (torchvision is loaded on the first call, not when
+    the tests are collected: the other test packages of a whole-suite run do not see it before)."""
     if module.split(".")[0] == "torchvision" or module in ("timm", "pytorch_grad_cam"):
-        if TORCHVISION is None:
-            pytest.skip(f"{module} needs torchvision: {TORCHVISION_LOAD}; install with "
+        torchvision, how = _load_torchvision()
+        if torchvision is None:
+            pytest.skip(f"{module} needs torchvision: {how}; install with "
                         "pip install -c constraints-cpu.txt -e '.[interop]'")
     try:
         return importlib.import_module(module)
