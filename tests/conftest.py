@@ -2,7 +2,7 @@
 
 ``reference_dir`` is ``<repo>/../shared/reference`` (the ground truth generated from the official
 JDAI-CV/CoTNet code, see its README.md); tests that need it are skipped with a clear reason when the
-folder is absent. Torch runs on at most 2 threads (the project's CI budget).
+folder is absent. Torch runs on at most 2 threads (the project's CI budget; 1 per pytest-xdist worker).
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ from typing import Any  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+#: Torch threads per test process: 2 (the CI budget), 1 in each pytest-xdist worker (``pytest -n 2``: two
+#: processes on the 2 cores instead of four threads taking turns).
+TEST_THREADS: int = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+torch.set_num_threads(TEST_THREADS)
 
 REPO_ROOT: Path = Path(__file__).resolve().parents[1]
 REFERENCE_DIR: Path = REPO_ROOT / ".." / "shared" / "reference"

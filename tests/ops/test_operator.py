@@ -57,13 +57,33 @@ def _geometry(case: Case) -> tuple[int, int, int, int]:
     return case.kernel_size, case.stride, case.pad, case.dilation
 
 
+#: opcheck's checks but the dynamic AOT dispatch (schema, autograd registration, fake impl == real metadata): cheap,
+#: and the fake impl's shapes and strides are what differ between the cases, so they run on every case.
+METADATA_CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor")
+#: The cases that also get ``test_aot_dispatch_dynamic`` (0.5-1.7 s each; tracing with symbolic sizes through the
+#: fake impl and the autograd formula): every geometry option with two heads, channels-last, the channels-first
+#: working layout in float64. The other two cases add no symbolic path (their sizes go through the same formulas).
+AOT_DYNAMIC_IDS = ("k3-s2-d2-pad1-heads2-f32", "channels-last-s2-f32", "large-map-d2-f64")
+
+
 @pytest.mark.parametrize(("case", "dtype", "channels_last"), OPCHECK_CASES, ids=OPCHECK_IDS)
-def test_opcheck_all_three_operators(case: Case, dtype: torch.dtype, channels_last: bool) -> None:
+def test_opcheck_all_three_operators(case: Case, dtype: torch.dtype, channels_last: bool,
+                                     request: pytest.FixtureRequest) -> None:
     x, w, g = _inputs(case, dtype, channels_last)
     geo = _geometry(case)
-    opcheck(OPS.local_aggregation.default, (x, w, *geo))
-    opcheck(OPS.local_aggregation_grad_input.default, (g, w, case.height, case.width, *geo))
-    opcheck(OPS.local_aggregation_grad_weight.default, (g, x, case.cw, *geo))
+    checks = METADATA_CHECKS + (("test_aot_dispatch_dynamic",) if request.node.callspec.id in AOT_DYNAMIC_IDS else ())
+    opcheck(OPS.local_aggregation.default, (x, w, *geo), test_utils=checks)
+    opcheck(OPS.local_aggregation_grad_input.default, (g, w, case.height, case.width, *geo), test_utils=checks)
+    opcheck(OPS.local_aggregation_grad_weight.default, (g, x, case.cw, *geo), test_utils=checks)
+
+
+def test_opcheck_checks_are_opchecks_defaults() -> None:
+    """The split above runs every check opcheck runs by default (a new default check would be missed)."""
+    import inspect
+
+    defaults = inspect.signature(opcheck).parameters["test_utils"].default
+    assert set(defaults) == {*METADATA_CHECKS, "test_aot_dispatch_dynamic"}
+    assert set(AOT_DYNAMIC_IDS) <= set(OPCHECK_IDS)
 
 
 def test_operator_equals_reference_and_keeps_the_memory_format() -> None:
