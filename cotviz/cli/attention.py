@@ -101,15 +101,16 @@ def _run(images: list[str], *, out: Path, fmt: str, scale: str, dpi: int, batch_
     settle_gc()
     failures = [{"input": p.item, "error": p.message} for p in problems]
     workers = default_save_workers(len(paths)) if workers is None else workers
-    # The savers start first: they get ready while the model is built (one image: no pool at all).
-    with SavePool(workers) if workers else nullcontext() as pool, \
-            torch_threads(threads or default_threads(batch_size, len(paths))):  # the untrained calibration too
+    with torch_threads(threads or default_threads(batch_size, len(paths), workers)):  # the untrained calibration too
         explainer = Explainer(request.pop("model"), preprocess={"size": size, "crop_pct": crop_pct,
                                                                 "no_crop": no_crop}, **request)
         for f in failures:
             print(f"error: {f['error']}", file=sys.stderr)
-        outputs = _render(explainer, paths, failures, out_dir=out_dir, fmt=fmt, scale=scale, dpi=dpi,
-                          batch_size=batch_size, pool=pool, progress=not json_out and sys.stderr.isatty())
+        # The savers start once the request is valid and get ready while the first batch is computed (one
+        # image: no pool at all).
+        with SavePool(workers) if workers else nullcontext() as pool:
+            outputs = _render(explainer, paths, failures, out_dir=out_dir, fmt=fmt, scale=scale, dpi=dpi,
+                              batch_size=batch_size, pool=pool, progress=not json_out and sys.stderr.isatty())
         if json_out:
             print_json(_summary(explainer, out_dir, outputs, failures))
     if outputs and not json_out:
@@ -202,13 +203,14 @@ def attention(
                                                 "available (by default such a size or batch is refused).")] = False,
     threads: Annotated[int | None, typer.Option(
         "--threads", metavar="N", help="torch intra-op threads, at most the CPUs this process may use. Default: "
-                                       "min(cores, --batch-size, number of images); one image runs on one thread "
-                                       "(faster on busy machines, the same numbers every time).",
+                                       "min(cores - --workers, --batch-size, number of images), at least 1; one "
+                                       "image runs on one thread (faster on busy machines, the same numbers "
+                                       "every time).",
         show_default=False)] = None,
     workers: Annotated[int | None, typer.Option(
         "--workers", metavar="N", help="Processes that draw and save figures (and one that decodes) while the "
-                                       "next batch is computed; 0 = all in this process. Default: one per CPU, "
-                                       "at most 4 and the number of images (0 for one image).",
+                                       "next batch is computed; 0 = all in this process (the files are the "
+                                       "same). Default: half the CPUs, 1 to 4 (0 for one image).",
         show_default=False)] = None,
 ) -> None:
     """Heatmaps of one stage: CoT static context, dynamic attention and fused output, per block.

@@ -6,8 +6,8 @@
 * one :mod:`cotviz.explain.loader` worker decodes and preprocesses the next batches while the model runs;
 * the model runs here, on the caller's torch threads, one batch at a time;
 * a :class:`SavePool` of ``N`` processes draws and writes each result (:meth:`Explanation.save`: figure, ``.npz``,
-  ``.json``, each written atomically) while the next batch is computed. At most ``2 N`` results wait for a
-  saver, so memory stays flat in the number of images.
+  ``.json``, each written atomically) while the next batch is computed. At most ``batch_size + 2 N`` results
+  (~0.4 MB each at 224 px) wait for a saver, so memory stays flat in the number of images.
 
 The files are byte-identical to the sequential path (``workers=0``: decode, compute, save, one after the other
 in this process, as before). Results come back in input order, each once its files are complete; a file that
@@ -26,8 +26,6 @@ import os
 import signal
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +38,8 @@ from cotviz.explain.result import Explanation
 from cotviz.io.outputs import OutputPaths, ensure_out_dir, output_bases
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future, ProcessPoolExecutor
+
     from cotviz.explain.runner import Explainer
     from cotviz.viz.figures import Scale
 
@@ -67,11 +67,12 @@ class Saved:
 
 
 def default_save_workers(n_images: int) -> int:
-    """Saving processes for ``n_images``: 0 (save in process, nothing to start) for one image, else one per CPU
-    this process may use, at most 4 and at most the number of images."""
+    """Saving processes for ``n_images``: 0 (save in process, nothing to start) for one image, else half the CPUs
+    this process may use (drawing and saving a figure costs about as much CPU as computing its maps), at least 1,
+    at most 4 and at most the number of images."""
     from cotviz.resources import usable_cpus
 
-    return 0 if n_images < 2 else max(1, min(usable_cpus(), 4, n_images))
+    return 0 if n_images < 2 else max(1, min(usable_cpus() // 2, 4, n_images))
 
 
 def _init_saver() -> None:
@@ -105,7 +106,9 @@ class SavePool:
 
     Args:
         workers: saving processes (>= 1).
-        pending: results that may wait for a saver (default ``2 * workers``).
+        pending: results that may wait for a saver beyond one batch (default ``2 * workers``): a run queues at
+            most ``batch_size + pending`` results, so the savers have a whole batch to draw while the model
+            computes the next one.
     """
 
     def __init__(self, workers: int, *, pending: int | None = None) -> None:
@@ -117,15 +120,17 @@ class SavePool:
         self._started: list[Future[int]] = []
 
     def __enter__(self) -> SavePool:
+        # imported here: a one-image run never loads the pool machinery
+        from concurrent.futures import ProcessPoolExecutor
+
         self._pool = ProcessPoolExecutor(self.workers, mp_context=worker_context(PRELOAD), initializer=_init_saver)
         # start every process now (they are otherwise started on demand)
         self._started = [self._pool.submit(_ready) for _ in range(self.workers)]
         return self
 
-    def wait_ready(self) -> None:
-        """Block until the processes started on entry have run their set-up."""
-        for future in self._started:
-            _result(future)
+    def wait_ready(self) -> list[int]:
+        """Block until the processes started on entry have run their set-up; their process ids."""
+        return [_result(future) for future in self._started]
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
@@ -144,6 +149,8 @@ class SavePool:
 
 
 def _result(future: Future[T]) -> T:
+    from concurrent.futures.process import BrokenProcessPool
+
     try:
         return future.result()
     except BrokenProcessPool:
@@ -200,12 +207,13 @@ def _pipelined(explainer: Explainer, items: list[Path], names: list[str], out: P
     savers = SavePool(max(1, workers)) if pool is None else pool
     queue: deque[tuple[Explanation, Future[OutputPaths] | None]] = deque()  # in input order
     results = explainer.stream(items, batch_size, workers=1 if workers else 0)
+    limit = batch_size + savers.pending  # results in flight: a batch's worth for the savers while the next computes
     try:
         if own:
             savers.__enter__()
         for ex, base in zip(results, names, strict=True):
             queue.append((ex, None if ex.error is not None else savers.submit(ex, out, fmt, scale, dpi, base)))
-            while queue and (len(queue) > savers.pending or queue[0][1] is None or queue[0][1].done()):
+            while queue and (len(queue) > limit or queue[0][1] is None or queue[0][1].done()):
                 yield _pop(queue)
         while queue:
             yield _pop(queue)

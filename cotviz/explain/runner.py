@@ -388,21 +388,24 @@ def explain(model: nn.Module | str, image: ImageInput, *, stage: int = 3, blocks
 
 
 def explain_many(model: nn.Module | str, images: ImageInput | Iterable[ImageInput], *, batch_size: int = 8,
-                 **request: Any) -> Iterator[Explanation]:
+                 workers: int = 0, **request: Any) -> Iterator[Explanation]:
     """Explain many images, ``batch_size`` per forward pass, yielding results as they are ready.
 
     ``images``: paths, directories and glob patterns (expanded like the CLI), PIL images, arrays or tensors,
     or an iterable of them. An input that cannot be read yields an ``Explanation`` whose ``error`` says why
     (never raised in the middle of a batch). ``request``: the keywords of :func:`explain`. Memory is flat in the
-    number of images. The request is validated before the first image is read.
+    number of images. The request is validated before the first image is read. ``workers``: processes that
+    decode the next batches meanwhile (:meth:`Explainer.stream`; the same results). To save every result with
+    figures drawn in parallel, see :func:`cotviz.explain.pipeline.explain_and_save`.
     """
     explainer = Explainer(model, **request)
     check_batch_size(batch_size)  # now, not at the first image (stream is lazy)
-    return explainer.stream(_flatten_inputs(images), batch_size)
+    check_workers(workers, "workers")
+    return explainer.stream(_flatten_inputs(images), batch_size, workers)
 
 
-def default_threads(batch_size: int, n_images: int) -> int:
-    """The CLI's default intra-op threads: ``min(cores, batch size, images)`` (one image runs on one thread:
-    faster on busy machines and the same numbers every time)."""
-    return max(1, min(torch.get_num_threads(), batch_size, n_images))
-
+def default_threads(batch_size: int, n_images: int, save_workers: int = 0) -> int:
+    """The CLI's default intra-op threads: ``min(cores - save_workers, batch size, images)``, at least 1 (one
+    image runs on one thread: faster on busy machines and the same numbers every time; the figure-saving
+    processes get cores of their own)."""
+    return max(1, min(torch.get_num_threads() - save_workers, batch_size, n_images))
