@@ -42,7 +42,10 @@ that absorbed one has a ``bias`` (float, ``(C_out,)``) if it had none, and each 
 ``bn.*`` becomes ``bn.bias`` (the shift, ``(C,)``). Official checkpoints therefore load into the model
 *before* :func:`prepare_for_inference`, not after (a folded model's own ``state_dict`` loads into a
 folded model of the same configuration). Parameter counts change accordingly (BN affine parameters out,
-conv biases in); MAC counts lose the BatchNorms' element operations.
+conv biases in); :mod:`cotviz.profile` counts a folded model as any other (every op counted, the
+BatchNorms' element operations gone, the convs' bias adds and the :class:`ChannelShift` adds counted).
+A folded network cannot be re-initialised (``init_weights`` zero-inits ``bn3``, which is gone) nor
+re-calibrated: build, load, calibrate, then fold.
 """
 
 from __future__ import annotations
