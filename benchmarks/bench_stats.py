@@ -11,7 +11,8 @@ Three measurements on the same images (random photographs-sized PNGs written to 
 3. **1 vs 2 processes**: ``torchrun --nproc_per_node N -m cotviz stats`` with the machine's CPUs split between the
    processes (``--threads cpus/N``), images/s of the parallel loop (the slowest rank).
 
-Run: ``python benchmarks/bench_stats.py --images 32 --rounds 5`` (cotnet50 at 224 px; ``--model``, ``--size``).
+Run: ``OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_stats.py --images 32 --rounds 5`` (cotnet50 at 224 px;
+``--model``, ``--size``; PASSIVE: idle OpenMP threads sleep instead of spinning, as in the test suite).
 Report the load (``uptime``) beside the numbers: on a shared machine the absolute figures move, the interleaved
 ratios much less.
 """
@@ -65,7 +66,7 @@ def bench_pass(model: torch.nn.Module, data: Path, batch: int, rounds: int, size
     layout, ranges, _ = _calibrate(run, dset, cfg, min(batch, len(dset)), None, 64)
     lo, hi = layout.edges(ranges)
     acc = Accumulator(lo, hi, 64)
-    times: dict[str, list[float]] = {"bare": [], "stats": []}
+    times: dict[str, list[float]] = {"bare": [], "stats": [], "bare_cpu": [], "stats_cpu": []}
 
     def bare() -> None:
         with torch.inference_mode():
@@ -81,9 +82,10 @@ def bench_pass(model: torch.nn.Module, data: Path, batch: int, rounds: int, size
     for r in range(rounds):
         order = [("bare", bare), ("stats", stats_pass)]
         for name, fn in order if r % 2 == 0 else order[::-1]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             times[name].append(time.perf_counter() - t0)
+            times[f"{name}_cpu"].append(time.process_time() - c0)  # CPU of this process: steadier on a busy machine
     return {k: statistics.median(v) for k, v in times.items()} | {"series": float(len(layout))}
 
 
@@ -142,8 +144,9 @@ def main() -> None:
             model = create_model(args.model, seed=0).eval()
             t = bench_pass(model, data, args.batch, args.rounds, args.size)
             print(f"[1] batch {args.batch}, {int(t['series'])} series: bare forward {t['bare']:.3f} s, stats pass "
-                  f"{t['stats']:.3f} s -> {t['stats'] / t['bare']:.2f}x (target <= 1.3x); "
-                  f"{args.batch / t['bare']:.2f} vs {args.batch / t['stats']:.2f} images/s")
+                  f"{t['stats']:.3f} s -> {t['stats'] / t['bare']:.2f}x wall (target <= 1.3x); "
+                  f"{args.batch / t['bare']:.2f} vs {args.batch / t['stats']:.2f} images/s; CPU time "
+                  f"{t['bare_cpu']:.3f} vs {t['stats_cpu']:.3f} s -> {t['stats_cpu'] / t['bare_cpu']:.2f}x")
             del model
         if "workers" not in args.skip:
             w = bench_workers(data, args.model, args.batch, max(2, args.rounds // 2), args.size)

@@ -159,9 +159,10 @@ class BatchPartial:
     def observe(self, index: Tensor, values: Tensor) -> None:
         """Record ``values`` (K, N) as the samples of series ``index`` (K,) (any float dtype, any device).
 
-        Two passes in float64 (float32 samples convert exactly; float16 / bfloat16 are widened first): the mean,
-        then ``M2 = sum((x - mean)^2)``; min / max; and the bin of every finite value,
-        ``floor((x - lo) * bins / (hi - lo))`` in the samples' precision (``hi`` itself in the last bin).
+        Two passes in the samples' precision (float32; float16 / bfloat16 are widened first), results in float64:
+        the mean ``sum(x) / n`` (cascade summation), then ``M2 = sum(d^2) - (sum d)^2 / n`` with ``d = x - mean``
+        (the second term corrects for the mean rounded to float32); min / max; the histogram (:meth:`_bins`). Per batch the mean and M2 are good to ~1e-6 relative (float32 rounding,
+        the precision of the maps themselves); across batches everything merges in float64.
         Non-finite values are counted in ``nonfinite`` and left out of everything else.
         """
         if values.ndim != 2 or values.shape[0] != index.shape[0]:
@@ -176,24 +177,24 @@ class BatchPartial:
             x = x.float()
         k, total = x.shape
         dev = x.device
-        x64 = x.to(torch.float64, copy=True)  # float32 converts exactly; a private copy (modified below)
-        sums = x64.sum(dim=1)  # (K,)
-        dense = bool(torch.isfinite(sums).all())  # every sample finite (float64 sums of float32 cannot overflow)
+        sums = x.sum(dim=1)  # (K,) cascade summation in the samples' precision
+        dense = bool(torch.isfinite(sums).all())  # every sample finite (else the sum is NaN or infinite)
         finite = None if dense else torch.isfinite(x)  # (K, N)
         if finite is None:
             xs = x
             n = torch.full((k,), total, dtype=torch.int64, device=dev)
         else:
             xs = torch.where(finite, x, torch.zeros_like(x))
-            x64 = xs.double()
             n = finite.sum(dim=1)
-            sums = x64.sum(dim=1)
+            sums = xs.sum(dim=1)
         nf = n.to(torch.float64)
-        mean = sums / nf.clamp_min(1)  # (K,)
-        d = x64.sub_(mean[:, None])  # (K, N) float64 deviations (x64 is a private copy)
+        mean = sums.double() / nf.clamp_min(1)  # (K,)
+        d = xs - mean.to(x.dtype)[:, None]  # (K, N) deviations from the (rounded) mean
         if finite is not None:
             d.masked_fill_(~finite, 0)
-        m2 = torch.linalg.vecdot(d, d, dim=1)  # (K,) sum of squared deviations
+        sd = d.sum(dim=1).double()
+        m2 = torch.linalg.vecdot(d, d, dim=1).double()  # (K,)
+        m2 = (m2 - sd * sd / nf.clamp_min(1)).clamp_min(0)  # about the float64 mean
         if total == 0:
             mn = torch.full((k,), float("inf"), dtype=torch.float64, device=dev)
             mx = -mn
@@ -215,24 +216,25 @@ class BatchPartial:
 
 
     def _bins(self, idx: Tensor, xs: Tensor, finite: Tensor | None) -> Tensor:
-        """(K, bins + 2) counts of ``xs`` (K, N): ``floor((x - lo) * bins / (hi - lo))`` in the samples' precision,
-        ``hi`` itself in the last bin, column 0 below ``lo``, the last column above ``hi``."""
+        """(K, bins + 2) counts of ``xs`` (K, N): bin ``floor((x - lo) * bins / (hi - lo))`` computed in the samples'
+        precision, ``hi`` itself in the last bin, column 0 below ``lo``, the last column above ``hi``; non-finite
+        values (``finite`` False) are left out. One vectorised pass over all rows (``bincount`` of row-offset bins)."""
         b = self.bins
         k = xs.shape[0]
         lo, hi = self.lo[idx], self.hi[idx]
-        if bool((lo == lo[0]).all() and (hi == hi[0]).all()):  # one range for all rows: scalar arithmetic
+        if bool((lo == lo[0]).all() and (hi == hi[0]).all()):  # one range for all rows (always, from the runner)
             lo_t: Tensor | float = float(lo[0])
             hi_t: Tensor | float = float(hi[0])
             scale: Tensor | float = b / (float(hi[0]) - float(lo[0]))
         else:
             lo_t, hi_t = lo.to(xs.device, xs.dtype)[:, None], hi.to(xs.device, xs.dtype)[:, None]  # (K, 1)
             scale = (b / (hi - lo)).to(xs.device, xs.dtype)[:, None]
-        t = (xs - lo_t).mul_(scale).floor_().clamp_(-1, b - 1)  # (K, N): -1 below lo, 0 .. b-1 inside
+        t = (xs - lo_t).mul_(scale).floor_().clamp_(-1, b - 1)  # (K, N): -1 below lo, 0 .. b-1 inside (hi: b-1)
         t.masked_fill_(xs > hi_t, b)  # above hi
-        pos = t.to(torch.int64).add_(1)  # (K, N): column 0 below lo, 1..b the bins, b + 1 above hi
-        pos += torch.arange(k, device=xs.device)[:, None] * (b + 2)
+        t += (torch.arange(k, device=xs.device, dtype=t.dtype) * (b + 2) + 1)[:, None]  # row offset, column
+        pos = t.to(torch.int64)
         flat = pos.reshape(-1) if finite is None else pos[finite]
-        return torch.bincount(flat, minlength=k * (b + 2)).reshape(k, b + 2)  # (K, b+2)
+        return torch.bincount(flat, minlength=k * (b + 2)).reshape(k, b + 2).cpu()  # (K, b+2)
 
 
 class Accumulator:

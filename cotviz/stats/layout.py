@@ -23,17 +23,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from cotviz.analysis.maps import MAPS, dynamic_share_map, select_head
-from cotviz.analysis.stats import context_energy, fusion_preference
+from cotviz.analysis.stats import fusion_preference
 from cotviz.capture import Record
 from cotviz.stats.catalog import STAT_INFO
 
-__all__ = ["BlockLayout", "Layout", "Series", "block_layout", "nice_ceil", "record_values"]
+__all__ = ["BlockLayout", "Layout", "Samples", "Series", "block_layout", "nice_ceil", "record_values"]
 
 #: ``hi`` of a calibrated range: this many times the largest calibration value, before rounding up.
 HEADROOM = 1.5
@@ -155,54 +154,155 @@ def nice_ceil(v: float) -> float:
     return round(math.ceil(v / step - 1e-9) * step, max(0, -e))
 
 
-def record_values(record: Record, names: Sequence[str]) -> dict[str, tuple[Tensor, Tensor]]:
-    """The samples of each quantity of one record: ``{name: (all (B, N), per_head (B, M, N_h))}``.
+class Samples(NamedTuple):
+    """The samples one record gives one quantity.
 
-    ``all`` is the map as :func:`cotviz.analysis.maps.block_maps` computes it with ``head=None`` (mean over heads
-    for attention maps, all C channels for the others), flattened over its cells; ``per_head[:, h]`` the map of
-    head ``h`` (``block_maps(record, [name], head=h)``), vectorised over the heads: channel maps reshape the
-    (B, M, C/M, H, W) head view to (B*M, C/M, H, W) and reuse the same functions. Fusion quantities: per image
-    and channel (``fusion_dynamic_weight``, N = C or C/M) or per image (``fusion_dynamic_fraction``, N = 1).
-    Values stay on the record's device, float32.
+    ``all`` (B, N): head "all"; ``heads`` (M, B, N_h): head-major, ``heads[h]`` the samples of head ``h``;
+    ``rows`` (1 + M, B, N): both in one tensor (``rows[0] = all``) when ``N_h == N`` (every map), else None.
     """
-    out: dict[str, tuple[Tensor, Tensor]] = {}
-    m = int(record.total_heads or 0)
+
+    all: Tensor
+    heads: Tensor
+    rows: Tensor | None
+
+
+def record_values(record: Record, names: Sequence[str]) -> dict[str, Samples]:
+    """The samples of each quantity of one record (float32, on the record's device).
+
+    The fast path of :func:`cotviz.analysis.maps.block_maps`, every head at once, equal to it within float32
+    rounding (a test compares them): head ``h`` is ``block_maps(record, [name], head=h)`` and head "all" is
+    ``block_maps(record, [name])`` -- the mean over heads for attention maps, all C channels for the others
+    (computed as ``sqrt(mean over heads of the per-head mean square)`` and ``sum dyn / sum (dyn + sta)``, the same
+    quantity summed in another order). Sums over the k x k window and over a head's C/M channels run as loops
+    of contiguous slices (a reduction over a middle axis is several times slower on the CPU), written head-major
+    into one buffer so the accumulator reads them without a copy. Fusion quantities: per image and channel
+    (``fusion_dynamic_weight``: N = C for "all", C/M per head) or per image (``fusion_dynamic_fraction``).
+    """
+    out: dict[str, Samples] = {}
+    attention = [n for n in names if n in _ATTENTION]
+    if attention:
+        out.update(_attention_samples(record, attention))
     for name in names:
-        if name in MAPS and MAPS[name].per_head:
-            per_head = _attention_per_head(record, name)  # (B, M, H, W)
-            full = select_head(per_head, None)  # (B, H, W): the attention command's head=None map
-        elif name in MAPS:
-            per_head = _channel_per_head(record, name, m)  # (B, M, H, W)
-            full = MAPS[name].compute(record, None).float()  # (B, H, W)
+        if name in _CONTEXT_TAPS:
+            out[name] = _energy_samples(record, _CONTEXT_TAPS[name])
+        elif name == "dynamic_share":
+            out[name] = _share_samples(record)
         elif name == "fusion_dynamic_weight":
             full = record.tensor("fusion_weights")[..., 0].float()  # (B, C)
-            per_head = record.heads("fusion_weights")[..., 0].float()  # (B, M, C/M)
-        else:  # fusion_dynamic_fraction
-            full = fusion_preference(record)["fraction"][:, None]  # (B, 1)
+            heads = record.heads("fusion_weights")[..., 0].float().transpose(0, 1)  # (B, M, C/M) -> (M, B, C/M)
+            out[name] = Samples(full, heads, None)
+        elif name == "fusion_dynamic_fraction":
+            m = int(record.total_heads or 0)
             by_head = record.heads("fusion_weights")  # (B, M, C/M, 2)
             b = by_head.shape[0]
-            per_head = fusion_preference(by_head.reshape(b * m, -1, 2))["fraction"].reshape(b, m, 1)  # (B, M, 1)
-        out[name] = (full.reshape(full.shape[0], -1), per_head.reshape(per_head.shape[0], m, -1))
+            frac = fusion_preference(by_head.reshape(b * m, -1, 2))["fraction"].reshape(b, m)  # (B, M)
+            full = fusion_preference(record)["fraction"][:, None]  # (B, 1)
+            out[name] = Samples(full, frac.t()[:, :, None].contiguous(), None)
+    return {n: out[n] for n in names}
+
+
+_ATTENTION = ("attention_energy", "attention_entropy", "center_weight")
+_CONTEXT_TAPS = {"static_energy": "static_context", "dynamic_energy": "dynamic_context", "output_energy": "output"}
+
+
+def _buffer(m: int, like: Tensor, b: int, h: int, w: int) -> Tensor:
+    return torch.empty(m + 1, b, h, w, dtype=torch.float32, device=like.device)  # (1 + M, B, H, W)
+
+
+def _samples(rows: Tensor) -> Samples:
+    m1, b, h, w = rows.shape
+    flat = rows.reshape(m1, b, h * w)  # (1 + M, B, N)
+    return Samples(flat[0], flat[1:], flat)
+
+
+def _attention_samples(record: Record, names: Sequence[str]) -> dict[str, Samples]:
+    """Energy, entropy and centre weight of every head (see :mod:`cotviz.analysis.stats` for the definitions)."""
+    a = record.heads("attention").float()  # (B, M, KK, H, W)
+    b, m, kk, h, w = a.shape
+    at = a.transpose(0, 1)  # (M, B, KK, H, W) view: head-major
+    out: dict[str, Samples] = {}
+    if "attention_energy" in names:
+        rows = _buffer(m, a, b, h, w)
+        hv = rows[1:]  # (M, B, H, W)
+        torch.mul(at[:, :, 0], at[:, :, 0], out=hv)
+        for j in range(1, kk):
+            hv.addcmul_(at[:, :, j], at[:, :, j])
+        hv.sqrt_()  # ||A||_2 over the window
+        torch.mean(hv, dim=0, out=rows[0])
+        out["attention_energy"] = _samples(rows)
+    if "attention_entropy" in names or "center_weight" in names:
+        if record.attention_normalization == "softmax":  # already a distribution (local self-attention)
+            p, logp = a, a.clamp_min(torch.finfo(a.dtype).tiny).log()
+        else:  # CoT: softmax of the GroupNorm output over the window
+            logp = torch.log_softmax(a, dim=2)  # (B, M, KK, H, W)
+            p = logp.exp()
+        pt, lt = p.transpose(0, 1), logp.transpose(0, 1)  # (M, B, KK, H, W)
+        if "attention_entropy" in names:
+            rows = _buffer(m, a, b, h, w)
+            hv = rows[1:]
+            torch.mul(pt[:, :, 0], lt[:, :, 0], out=hv)
+            for j in range(1, kk):
+                hv.addcmul_(pt[:, :, j], lt[:, :, j])
+            hv.neg_()  # -sum_j p_j log p_j
+            torch.mean(hv, dim=0, out=rows[0])
+            out["attention_entropy"] = _samples(rows)
+        if "center_weight" in names:
+            rows = _buffer(m, a, b, h, w)
+            rows[1:].copy_(pt[:, :, kk // 2])  # p of the window centre
+            torch.mean(rows[1:], dim=0, out=rows[0])
+            out["center_weight"] = _samples(rows)
     return out
 
 
-def _attention_per_head(record: Record, name: str) -> Tensor:
-    from cotviz.analysis import stats
+def _head_view(record: Record, x: Tensor) -> Tensor:
+    """(B, C, ...) channels as (B, G, S, MG, ...): channel ``g*C/G + s*MG + m`` belongs to head ``g*MG + m``."""
+    g, mg = record.groups, int(record.heads_per_group or 0)
+    b, c = x.shape[:2]
+    return x.reshape(b, g, c // (g * mg), mg, *x.shape[2:])
 
-    fn = {"attention_energy": stats.attention_energy, "attention_entropy": stats.attention_entropy,
-          "center_weight": stats.center_weight_share}[name]
-    return fn(record).float()  # (B, M, H, W)
+
+def _energy_samples(record: Record, tap: str) -> Samples:
+    """RMS over the channels of each head, and over all channels (as :func:`cotviz.analysis.stats.context_energy`)."""
+    x = record.tensor(tap).float()  # (B, C, H, W)
+    b, c, h, w = x.shape
+    g, mg = record.groups, int(record.heads_per_group or 0)
+    xv = _head_view(record, x)  # (B, G, S, MG, H, W)
+    s = xv.shape[2]
+    rows = _buffer(g * mg, x, b, h, w)
+    hv = rows[1:].view(g, mg, b, h, w)  # head h = g*MG + m
+    first = xv[:, :, 0].permute(1, 2, 0, 3, 4)  # (G, MG, B, H, W)
+    torch.mul(first, first, out=hv)
+    for j in range(1, s):
+        sl = xv[:, :, j].permute(1, 2, 0, 3, 4)
+        hv.addcmul_(sl, sl)
+    rows[1:].div_(s)  # mean square per head
+    torch.mean(rows[1:], dim=0, out=rows[0])  # mean square over all C channels (every head has S of them)
+    rows.sqrt_()
+    return _samples(rows)
 
 
-def _channel_per_head(record: Record, name: str, m: int) -> Tensor:
-    """(B, M, H, W) of a channel map, every head at once."""
-    if name == "dynamic_share":
-        k1, k2 = record.heads("static_context"), record.heads("dynamic_context")  # (B, M, S, H, W)
-        a = record.heads("fusion_weights")  # (B, M, S, 2)
-        b, _, s, h, w = k1.shape
-        share = dynamic_share_map(k1.reshape(b * m, s, h, w), k2.reshape(b * m, s, h, w), a.reshape(b * m, s, 2))
-        return share.reshape(b, m, h, w)  # (B*M, H, W) -> (B, M, H, W)
-    tap = {"static_energy": "static_context", "dynamic_energy": "dynamic_context", "output_energy": "output"}[name]
-    x = record.heads(tap)  # (B, M, S, H, W)
-    b, _, s, h, w = x.shape
-    return context_energy(x.reshape(b * m, s, h, w)).reshape(b, m, h, w)  # (B*M, H, W) -> (B, M, H, W)
+def _share_samples(record: Record) -> Samples:
+    """Dynamic share of each head's channels and of all channels (as :func:`cotviz.analysis.maps.dynamic_share_map`)."""
+    k1, k2 = record.tensor("static_context").float(), record.tensor("dynamic_context").float()  # (B, C, H, W)
+    a = record.tensor("fusion_weights").float()  # (B, C, 2)
+    b, c, h, w = k1.shape
+    g, mg = record.groups, int(record.heads_per_group or 0)
+    v1, v2, va = _head_view(record, k1), _head_view(record, k2), _head_view(record, a)  # (B, G, S, MG, ...)
+    energy = torch.zeros(2, g, mg, b, h, w, dtype=torch.float32, device=k1.device)  # dyn, sta per head
+    for j in range(v1.shape[2]):
+        dyn = (v2[:, :, j] * va[:, :, j, :, None, None, 0]).permute(1, 2, 0, 3, 4)  # (G, MG, B, H, W) a_c0 K2_c
+        sta = (v1[:, :, j] * va[:, :, j, :, None, None, 1]).permute(1, 2, 0, 3, 4)  # a_c1 K1_c
+        energy[0].addcmul_(dyn, dyn)
+        energy[1].addcmul_(sta, sta)
+    e = energy.reshape(2, g * mg, b, h, w)
+    rows = _buffer(g * mg, k1, b, h, w)
+    _share(e[0], e[0] + e[1], out=rows[1:])
+    _share(e[0].sum(dim=0), e.sum(dim=(0, 1)), out=rows[0])
+    return _samples(rows)
+
+
+def _share(dyn: Tensor, total: Tensor, out: Tensor) -> None:
+    """``dyn / total`` with :func:`cotviz.analysis.maps.dynamic_share_map`'s conventions: 0 where both branches are
+    zero, NaN where the energy is not finite."""
+    share = torch.where(total > 0, dyn / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total))
+    out.copy_(torch.where(torch.isfinite(total), share, torch.full_like(total, math.nan)))

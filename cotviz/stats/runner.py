@@ -179,8 +179,8 @@ def _calibrate(run: _Run, data: StatsData, cfg: PreprocessConfig, count: int, cl
         if not bl.maps:
             return
         blocks.append(bl)
-        for name, (full, per_head) in record_values(rec, bl.maps).items():
-            vals = torch.cat([full.reshape(-1), per_head.reshape(-1)]).double()
+        for name, smp in record_values(rec, bl.maps).items():
+            vals = torch.cat([smp.all.reshape(-1), smp.heads.reshape(-1)]).double()
             vals = vals[torch.isfinite(vals)]
             top[(bl.name, name)] = float(vals.max()) if vals.numel() else 0.0
 
@@ -200,17 +200,15 @@ def _observe(layout: Layout, part: BatchPartial, labels: torch.Tensor | None) ->
         bl = by_name.get(rec.name)
         if bl is None:
             return
-        for name, (full, per_head) in record_values(rec, bl.maps).items():
+        for name, smp in record_values(rec, bl.maps).items():
             off = layout.offsets[(bl.name, name)]
-            b, m, n = per_head.shape
-            if full.shape[1] == n:  # one call for head "all" and the heads
-                rows = torch.empty(m + 1, b, n, dtype=per_head.dtype, device=per_head.device)  # (1 + M, B, N)
-                rows[0] = full
-                rows[1:] = per_head.transpose(0, 1)  # (B, M, N) -> (M, B, N): head h's samples of every image
-                part.observe(torch.arange(off, off + 1 + m), rows.reshape(m + 1, b * n))
+            m = smp.heads.shape[0]
+            if smp.rows is not None:  # head "all" and the heads in one call, read in place
+                part.observe(torch.arange(off, off + 1 + m), smp.rows.reshape(m + 1, -1))
             else:  # fusion weights: C samples per image for "all", C/M per head
-                part.observe(torch.tensor([off]), full.reshape(1, -1))
-                part.observe(torch.arange(off + 1, off + 1 + m), per_head.transpose(0, 1).reshape(m, -1))
+                part.observe(torch.tensor([off]), smp.all.reshape(1, -1))
+                part.observe(torch.arange(off + 1, off + 1 + m), smp.heads.reshape(m, -1))
+            full = smp.all
             if labels is not None:
                 coff = layout.class_offsets[(bl.name, name)]
                 dev_labels = labels.to(full.device)

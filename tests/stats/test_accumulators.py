@@ -69,8 +69,9 @@ def test_moments_histogram_and_extremes_match_numpy(seed: int, count: int) -> No
         if x.size == 0:
             assert float(mom.n[k]) == 0 and float(mom.mean[k]) == 0
             continue
-        assert float(mom.mean[k]) == pytest.approx(x.mean(), rel=1e-12, abs=1e-12)
-        assert float(mom.variance[k]) == pytest.approx(x.var(), rel=1e-9, abs=1e-12)
+        scale = float(np.abs(x).max())  # float32 arithmetic per batch, float64 across batches
+        assert float(mom.mean[k]) == pytest.approx(x.mean(), rel=1e-6, abs=1e-6 * scale)
+        assert float(mom.variance[k]) == pytest.approx(x.var(), rel=1e-5, abs=1e-6 * scale ** 2)
         assert float(acc.minimum[k]) == x.min() and float(acc.maximum[k]) == x.max()
         lo, hi = float(LO[k]), float(HI[k])
         inner, _ = np.histogram(x[(x >= lo) & (x <= hi)], bins=8, range=(lo, hi))

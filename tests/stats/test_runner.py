@@ -17,32 +17,43 @@ from cotviz.capture import capture
 from cotviz.errors import CheckpointError, InvalidArgumentError
 from cotviz.explain import preprocess_config
 from cotviz.explain.inputs import prepare
+from cotviz.models import create_model
 from cotviz.stats import compute_stats, list_dataset
 from cotviz.stats.catalog import STAT_INFO
 from cotviz.stats.checkpoint import checkpoint_path, load_checkpoint
-from cotviz.stats.layout import record_values
+from cotviz.stats.layout import block_layout, record_values
 
 #: Tiny images: the tiny network at 64 px.
 SMALL = {"size": 64}
 
 
-def test_per_head_samples_equal_the_attention_commands_maps(net: nn.Module) -> None:
+@pytest.mark.parametrize("variant", ["cot", "coxt", "sa"])
+def test_per_head_samples_equal_the_attention_commands_maps(net: nn.Module, variant: str) -> None:
+    if variant == "coxt":  # 2 groups: heads numbered group-major
+        net = create_model("cotnext50_2x48d", seed=0, layers=[1, 1, 1, 1], num_classes=10).eval()
+    elif variant == "sa":  # local self-attention: the attention is already a softmax; no contexts
+        net = create_model("cotnet50", seed=0, layers=[1, 1, 1, 1], base_width=16, num_classes=10,
+                           spatial_layer="sa").eval()
     records = []
     with torch.inference_mode(), capture(net, stages=[1, 3], on_record=records.append):
         net(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
     for rec in records:
-        values = record_values(rec, list(STAT_INFO))
-        for name in MAPS:
-            full, per_head = values[name]
-            assert torch.equal(full, block_maps(rec, [name])[name].reshape(2, -1))
+        values = record_values(rec, block_layout(rec, list(STAT_INFO)).maps)
+        for name in (n for n in MAPS if n in values):
+            smp = values[name]
+            torch.testing.assert_close(smp.all, block_maps(rec, [name])[name].reshape(2, -1), rtol=1e-5, atol=1e-6)
+            assert smp.rows is not None and torch.equal(smp.rows[0], smp.all)
             for h in range(int(rec.total_heads or 0)):
                 ref = block_maps(rec, [name], head=h)[name].reshape(2, -1)
-                torch.testing.assert_close(per_head[:, h], ref, rtol=1e-6, atol=1e-7)
+                torch.testing.assert_close(smp.heads[h], ref, rtol=1e-5, atol=1e-6)
         a = rec.fusion_weights
-        assert a is not None
-        torch.testing.assert_close(values["fusion_dynamic_weight"][0], a[..., 0])
+        if a is None:
+            assert variant == "sa" and set(values) == {"attention_energy", "attention_entropy", "center_weight",
+                                                       "output_energy"}
+            continue
+        torch.testing.assert_close(values["fusion_dynamic_weight"].all, a[..., 0])
         frac = (a[..., 0] > a[..., 1]).float().mean(dim=1)
-        torch.testing.assert_close(values["fusion_dynamic_fraction"][0][:, 0], frac)
+        torch.testing.assert_close(values["fusion_dynamic_fraction"].all[:, 0], frac)
 
 
 def _reference(net: nn.Module, paths: list[Path], block: str, name: str) -> np.ndarray:
