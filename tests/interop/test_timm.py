@@ -32,11 +32,12 @@ def test_data_config_and_transform_are_cotviz_preprocessing() -> None:
     timm = need("timm")
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 301, 3), dtype=np.uint8))
     for name in ("cotnet50", "se_cotnetd_152", "cotnet_demo"):
-        model = cotviz.create_model(name, layers=[1, 1, 1, 1]) if name != "se_cotnetd_152" else None
-        cfg = cotviz.models.model_entry(name).pretrained_cfg
-        if model is not None:
-            assert timm.data.resolve_model_data_config(model) == timm.data.resolve_data_config(model=model)
-        data_cfg = timm.data.resolve_data_config(pretrained_cfg=cfg)
+        with torch.device("meta"):  # the cfg is all timm reads
+            model = cotviz.create_model(name)
+        cfg = model.pretrained_cfg
+        data_cfg = timm.data.resolve_model_data_config(model)
+        assert data_cfg == timm.data.resolve_data_config(model=model) == timm.data.resolve_data_config(
+            pretrained_cfg=cfg.to_dict())
         transform = timm.data.create_transform(**data_cfg)
         ours = preprocess(image, PreprocessConfig.from_pretrained_cfg(cfg)).tensor
         assert torch.equal(transform(image), ours), name
@@ -62,8 +63,9 @@ def test_registry_keeps_timms_resnets(timm_registered: list[str]) -> None:
     timm = need("timm")
     assert "cotnet50" in timm_registered and "cotviz_resnet50" in timm_registered
     assert "resnet50" not in timm_registered and timm_name("resnet50") == "cotviz_resnet50"
-    assert type(timm.create_model("resnet50", num_classes=0)).__module__ == "timm.models.resnet"
-    ours = timm.create_model("cotviz_resnet50", layers=[1, 1, 1, 1], num_classes=7)
+    with torch.device("meta"):
+        assert type(timm.create_model("resnet50")).__module__ == "timm.models.resnet"
+    ours = timm.create_model("cotviz_resnet50", layers=[1, 1, 1, 1], base_width=16, num_classes=7)
     assert isinstance(ours, cotviz.models.CoTResNet) and ours.describe()["layer1"] == ["conv"]
     model = timm.create_model("cotnet50", layers=[1, 1, 1, 1], base_width=16, num_classes=10, drop_rate=0.1)
     same = cotviz.create_model("cotnet50", layers=[1, 1, 1, 1], base_width=16, num_classes=10)
@@ -81,5 +83,6 @@ def test_pretrained_and_unsupported_arguments(timm_registered: list[str], images
         timm.create_model("cotnet50", pretrained=True)
     with pytest.raises(InvalidArgumentError, match="output_stride must be 32"):
         timm.create_model("cotnet50", output_stride=16)
-    overlay = timm.create_model("cotnet50", layers=[1, 1, 1, 1], pretrained_cfg_overlay={"crop_pct": 1.0})
+    with torch.device("meta"):
+        overlay = timm.create_model("cotnet50", pretrained_cfg_overlay={"crop_pct": 1.0})
     assert timm.data.resolve_model_data_config(overlay)["crop_pct"] == 1.0
