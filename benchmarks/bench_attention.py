@@ -29,7 +29,7 @@ process, the same untrained cotnet50 (stage 3, batches of 8), on ``--images`` va
 * ``workers 0, T thread(s)``  ``explain_and_save(..., workers=0)``: decode, compute, draw and save one after the
                               other, at the CLI's threads for ``--workers 0`` (min(cores, batch, images));
 * ``workers N, T thread(s)``  ``explain_and_save`` with a running ``SavePool(N)`` and one decoding worker, at the
-                              CLI's defaults for a folder (N = half the CPUs; threads = cores - N);
+                              CLI's defaults for a folder (N = one per CPU up to 4; threads = cores - N, >= 1);
 
 and prints images/s (medians), the ratio to the bound at the same threads and to the best bound (target
 >= 0.70), whether the files are byte-identical, then the same folder through the CLI in fresh processes

@@ -185,7 +185,7 @@ def models_section(s: Settings, device: Any) -> list[list[Any]]:
                 run = functools.partial(modes[(m, mode)], inputs[b])
                 ts.extend(_timed(run, device) for _ in range(s.repeats))
     rows: list[list[Any]] = []
-    for mode in ("eager", "compiled"):
+    for mode in ("eager", "compiled") if s.compile else ("eager",):
         for b in s.batches:
             med = {m: statistics.median(times[(m, mode, b)]) for m in MODELS if (m, mode, b) in times}
             for m in MODELS:

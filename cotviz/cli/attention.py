@@ -210,7 +210,8 @@ def attention(
     workers: Annotated[int | None, typer.Option(
         "--workers", metavar="N", help="Processes that draw and save figures (and one that decodes) while the "
                                        "next batch is computed; 0 = all in this process (the files are the "
-                                       "same). Default: half the CPUs, 1 to 4 (0 for one image).",
+                                       "same for the same --threads). Default: one per CPU, at most 4; 0 "
+                                       "below 8 images.",
         show_default=False)] = None,
 ) -> None:
     """Heatmaps of one stage: CoT static context, dynamic attention and fused output, per block.

@@ -66,13 +66,19 @@ class Saved:
         return self.explanation.source
 
 
+#: Fewer images than this are saved in process by default: starting the pool (a forkserver importing torch,
+#: matplotlib and cotviz, ~2-3 s of CPU) costs about what drawing a handful of figures does.
+MIN_POOL_IMAGES = 8
+
+
 def default_save_workers(n_images: int) -> int:
-    """Saving processes for ``n_images``: 0 (save in process, nothing to start) for one image, else half the CPUs
-    this process may use (drawing and saving a figure costs about as much CPU as computing its maps), at least 1,
-    at most 4 and at most the number of images."""
+    """Saving processes for ``n_images``: 0 (save in process, nothing to start) below :data:`MIN_POOL_IMAGES`,
+    else one per CPU this process may use, at most 4 and at most the number of images. Drawing and saving a
+    figure costs several times the CPU of computing its maps (cotnet50 stage 3: ~0.6 vs ~0.12 CPU s), so the
+    savers get the CPUs and the model one thread (:func:`cotviz.explain.runner.default_threads`)."""
     from cotviz.resources import usable_cpus
 
-    return 0 if n_images < 2 else max(1, min(usable_cpus() // 2, 4, n_images))
+    return 0 if n_images < MIN_POOL_IMAGES else max(1, min(usable_cpus(), 4, n_images))
 
 
 def _init_saver() -> None:

@@ -76,7 +76,7 @@ def error_lines(stderr: str) -> list[str]:
 def test_batch_with_a_bad_file_same_stems_gradcam_and_json(runner: CliRunner, files: dict[str, Path],
                                                            tmp_path: Path) -> None:
     r = invoke(runner, [str(files["batch"]), "--stage", "2", "--size", "64", "--batch-size", "2", "--gradcam",
-                        "--map", "attention_energy", "--out", str(tmp_path), "--json"])
+                        "--map", "attention_energy", "--workers", "2", "--out", str(tmp_path), "--json"])
     assert r.exit_code == 1, r.output  # something failed ...
     summary = json.loads(r.stdout)  # ... but stdout is still the JSON summary
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
