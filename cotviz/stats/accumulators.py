@@ -193,14 +193,13 @@ class BatchPartial:
         if finite is not None:
             d.masked_fill_(~finite, 0)
         sd = d.sum(dim=1).double()
-        m2 = torch.linalg.vecdot(d, d, dim=1).double()  # (K,)
+        m2 = (d * d).sum(dim=1).double()  # (K,) (faster than linalg.vecdot here)
         m2 = (m2 - sd * sd / nf.clamp_min(1)).clamp_min(0)  # about the float64 mean
         if total == 0:
             mn = torch.full((k,), float("inf"), dtype=torch.float64, device=dev)
             mx = -mn
         elif finite is None:
-            mn32, mx32 = torch.aminmax(x, dim=1)
-            mn, mx = mn32.double(), mx32.double()
+            mn, mx = x.amin(dim=1).double(), x.amax(dim=1).double()  # (torch.aminmax along a dim: ~10x slower)
         else:
             mn = torch.where(finite, x, torch.full_like(x, float("inf"))).amin(dim=1).double()
             mx = torch.where(finite, x, torch.full_like(x, float("-inf"))).amax(dim=1).double()
