@@ -2,7 +2,7 @@
 
 ``reference_dir`` is ``<repo>/../shared/reference`` (the ground truth generated from the official
 JDAI-CV/CoTNet code, see its README.md); tests that need it are skipped with a clear reason when the
-folder is absent. Torch runs on at most 2 threads (the project's CI budget; 1 per pytest-xdist worker).
+folder is absent. Torch runs on at most 2 threads (the project's CI budget).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-#: Torch threads per test process: 2 (the CI budget), 1 in each pytest-xdist worker (``pytest -n 2``: two
-#: processes on the 2 cores instead of four threads taking turns).
-TEST_THREADS: int = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
-torch.set_num_threads(TEST_THREADS)
+# 2 threads in every test process, pytest-xdist workers included: tests compare bits with child processes that
+# run on 2 threads (a float reduction's order depends on the thread count; 1 thread per worker broke
+# tests/stats/test_distributed.py's resume-to-the-same-bits check).
+torch.set_num_threads(2)
 
 REPO_ROOT: Path = Path(__file__).resolve().parents[1]
 REFERENCE_DIR: Path = REPO_ROOT / ".." / "shared" / "reference"

@@ -58,16 +58,9 @@ def _meta_model(name: str, **overrides: Any) -> CoTResNet:
 
 
 @pytest.fixture(scope="module")
-def official_meta_model() -> Callable[[str], CoTResNet]:
-    """``get(name)``: the full-size variant on the meta device, built once per module (read-only use)."""
-    cache: dict[str, CoTResNet] = {}
-
-    def get(name: str) -> CoTResNet:
-        if name not in cache:
-            cache[name] = _meta_model(name)
-        return cache[name]
-
-    return get
+def official_meta_model(meta_model: Callable[[str], nn.Module]) -> Callable[[str], CoTResNet]:
+    """``get(name)``: the full-size variant on the meta device (the session's ``meta_model``, read-only use)."""
+    return lambda name: _net(meta_model(name))
 
 
 def _is_hybrid(name: str) -> bool:
