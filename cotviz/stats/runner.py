@@ -301,6 +301,11 @@ def compute_stats(model: nn.Module | str | LoadedModel, data: str | os.PathLike[
             dev = torch.device("cuda", world.local_rank)
         if dev is not None and dev.type == "cuda":
             torch.cuda.set_device(dev)
+        if world.distributed:  # every rank must shard the same list (the same DATA on every node)
+            mine = torch.tensor([int(dset.digest()[:15], 16)], dtype=torch.int64)
+            if not _agree(world, bool(torch.equal(dist_ops.broadcast_tensor(mine), mine))):
+                raise InvalidArgumentError(f"the ranks list different images under {dset.root} (the sorted lists "
+                                           "differ); every node must see the same DATA")
         loaded = _load(model, weights, num_classes, allow_nonfinite, warn=world.rank == 0)
         net = _placed(loaded, dev, torch_dtype, owned=isinstance(model, str))
         param = next(net.parameters())
