@@ -45,9 +45,9 @@ def _strip(obj: Any) -> Any:
 
 
 def _close(a: Any, b: Any, path: str = "") -> None:
-    """JSON values equal, floats within 1e-6 relative (they pass through float32 maps)."""
+    """JSON values equal, floats within 1e-4 relative, Grad-CAM's 1e-2 (float32 through a dozen layers; see below)."""
     if isinstance(a, float) or isinstance(b, float):
-        assert a == pytest.approx(b, rel=1e-6, abs=1e-9), path
+        assert a == pytest.approx(b, rel=1e-2 if "gradcam" in path else 1e-4, abs=1e-7), path
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), f"{path}: {sorted(set(a) ^ set(b))}"
         for k in a:
@@ -74,7 +74,15 @@ def test_outputs_equal_the_pre_library_cli(run: str, tmp_path: Path, monkeypatch
     old, new = np.load(DATA / f"{run}.npz"), np.load(tmp_path / f"{base}.npz")
     assert list(new.keys()) == list(old.keys())
     for key in old:
-        np.testing.assert_allclose(new[key], old[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        # float32 through a dozen layers: since these files were written, the fusion became one lerp and the
+        # narrow channels-last aggregation runs channels-first, which reorders the arithmetic (relative changes
+        # ~1e-5 that grow with depth; the goldens in ../shared/reference pin the exact numbers per layer), so the
+        # check is 1e-4 of each array's scale: a wrong map, block or crop differs by far more. Grad-CAM of this
+        # untrained network is a sum of cancelling terms (measured: 0.5% of its scale moves with the thread count
+        # used to calibrate the network's BatchNorms), so it is checked to 1e-2 of its scale
+        scale = float(np.abs(old[key]).max()) if old[key].size else 0.0
+        tol = 1e-2 if "gradcam" in key else 1e-4
+        np.testing.assert_allclose(new[key], old[key], rtol=tol, atol=max(1e-6, tol * scale), err_msg=key)
     meta = json.loads((tmp_path / f"{base}.json").read_text())
     assert meta["schema_version"] == 1 and meta["nonfinite"] == []
     assert meta["prediction"]["top5"][0]["class"] == meta["prediction"]["class"]
