@@ -175,9 +175,11 @@ def explain_and_save(explainer: Explainer, paths: Sequence[str | os.PathLike[str
         fmt, scale, dpi: as :meth:`Explanation.save`.
         batch_size: images per forward pass.
         workers: saving processes (0 = decode, compute and save one after the other here; the files are the
-            same either way). With workers, one more process decodes the next batches.
+            same either way, for the same torch threads). With workers or a pool, one more process decodes the
+            next batches.
         bases: file base names per path (default: :func:`cotviz.io.outputs.output_bases`, unique within the run).
-        pool: a running :class:`SavePool` to use (then ``workers`` only sets the decoding; the caller closes it).
+        pool: a running :class:`SavePool` to use instead of starting one (``workers`` is then ignored; the
+            caller closes it).
 
     Raises:
         OutputError: a file cannot be written (the run stops; the files already written are complete).
@@ -212,7 +214,7 @@ def _pipelined(explainer: Explainer, items: list[Path], names: list[str], out: P
     own = pool is None
     savers = SavePool(max(1, workers)) if pool is None else pool
     queue: deque[tuple[Explanation, Future[OutputPaths] | None]] = deque()  # in input order
-    results = explainer.stream(items, batch_size, workers=1 if workers else 0)
+    results = explainer.stream(items, batch_size, workers=1)  # one decoding worker: ~15 % of a forward's CPU
     limit = batch_size + savers.pending  # results in flight: a batch's worth for the savers while the next computes
     try:
         if own:
