@@ -20,7 +20,7 @@ Sections (each one table):
 
 ``--device cuda`` without a usable GPU stops with one line (``error: --device cuda: CUDA is not available here
 ...``), exit code 2. Where a section cannot run (e.g. ``torch.compile`` without a working compiler), its row
-says why and the script goes on. Wrapped by ``--quick``: batches 1 and 2, 64 px for the models and the
+says why and the script goes on. ``--quick``: batches 1 and 2, 64 px for the models and the
 aggregation (the attention section keeps 224 px, the command's), 2 rounds, 4 images.
 """
 
@@ -274,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CotvizError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print_table("environment", ("", ""), environment(device))
+    print_table("environment", ("item", "value"), environment(device))
     sections: dict[str, Callable[[], None]] = {
         "models": lambda: print_table(
             f"models: cotnet50 vs resnet50 at {s.size} px, BN folded, {s.rounds} rounds x {s.repeats} forwards",
