@@ -44,8 +44,13 @@ def test_saving_in_workers_writes_the_same_files_in_the_same_order(tiny: nn.Modu
 
 
 SCRIPT = textwrap.dedent("""
+    import signal
     import sys
     from pathlib import Path
+
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal: an ignored SIGINT is inherited through exec (a test run
+    # started as a background job, or by a runner that ignores it), and this run would then never be interrupted
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     from cotviz.explain import Explainer
     from cotviz.explain.pipeline import explain_and_save
