@@ -16,7 +16,8 @@ normalisation                 BatchNorm ``2*numel`` (folded scale+shift); Group/
 activation                    ReLU/SiLU/sigmoid/GELU ``numel``; softmax ``3*numel`` (exp, sum, divide)
 pooling                       max/avg pool ``numel(out)*kh*kw``; adaptive avg pool and ``mean`` ``numel(in)``;
                               BlurPool2d (a depthwise conv inside) is counted here
-elementwise                   add/sub/mul/div ``numel(out)``; addcmul ``2*numel``; ``sum`` ``numel(in)``
+elementwise                   add/sub/mul/div ``numel(out)``; addcmul ``2*numel``; ``sum`` ``numel(in)``;
+                              lerp ``3*numel`` (``start + weight * (end - start)``)
 data movement                 views, cat/stack, pads, copies, allocations: 0 MACs (memory still counted)
 ============================  =====================================================================
 
@@ -136,6 +137,8 @@ _COMPLETE: dict[Any, OpRule] = {
     aten.addcmul_: (ELEMENTWISE, _times(2, _numel)),
     aten.addcdiv: (ELEMENTWISE, _times(2, _numel)),
     aten.addcdiv_: (ELEMENTWISE, _times(2, _numel)),
+    aten.lerp: (ELEMENTWISE, _times(3, _numel)),  # start + weight * (end - start)
+    aten.lerp_: (ELEMENTWISE, _times(3, _numel)),
 }
 for _name in ("relu", "silu", "sigmoid", "gelu", "tanh", "hardtanh", "hardswish", "hardsigmoid", "leaky_relu",
               "elu", "mish", "softplus"):
@@ -144,7 +147,7 @@ for _name in ("relu", "silu", "sigmoid", "gelu", "tanh", "hardtanh", "hardswish"
         if _packet is not None:
             _COMPLETE[_packet] = (ACT, _numel)
 for _name in ("add", "sub", "rsub", "mul", "div", "neg", "exp", "log", "sqrt", "rsqrt", "pow", "reciprocal",
-              "abs", "clamp", "clamp_min", "clamp_max", "maximum", "minimum", "where", "lerp"):
+              "abs", "clamp", "clamp_min", "clamp_max", "maximum", "minimum", "where"):
     for _suffix in ("", "_"):
         _packet = getattr(aten, _name + _suffix, None)
         if _packet is not None:
