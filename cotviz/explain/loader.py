@@ -16,6 +16,10 @@ process, lazily (an iterable of inputs is read as the batches are asked for). Wi
   no worker outlives the call. A worker killed by a signal raises ``RuntimeError`` here (the DataLoader's own
   check), after which the remaining workers are shut down too.
 
+As with any ``spawn`` / ``forkserver`` pool, a script that uses workers runs its work under
+``if __name__ == "__main__":`` (each worker imports the script's main module; notebooks and ``python -m`` need
+nothing).
+
 :func:`default_workers` picks the worker count the CLI uses: none for one image (no process start-up for the
 common single-image command), else up to the CPUs this process may use.
 """
