@@ -23,14 +23,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from cotviz.analysis.catalog import MAP_INFO
 from cotviz.errors import InvalidArgumentError, OutputError, ResourceLimitError
 from cotviz.explore.cells import CellData
-from cotviz.io.outputs import _atomic_write, json_text
+from cotviz.io.outputs import json_text, write_text
 
 __all__ = ["BUDGET_BYTES", "BlockView", "Explorer", "ExplorerData", "build_page", "check_out_path", "check_page_size", "encode_array"]
 
@@ -234,12 +234,7 @@ class Explorer:
     def save(self, path: str | Path) -> Path:
         """Write the page to ``path`` atomically; returns the path."""
         out = check_out_path(path)
-        payload = self.html.encode("utf-8")
-
-        def write(fh: IO[bytes]) -> None:
-            fh.write(payload)
-
-        _atomic_write(out, write)
+        write_text(out, self.html)
         return out
 
     def _repr_html_(self) -> str:

@@ -42,6 +42,7 @@ __all__ = [
     "save_figure",
     "write_json",
     "write_npz",
+    "write_text",
 ]
 
 
@@ -217,11 +218,16 @@ def json_text(data: Any) -> str:
     return json.dumps(json_ready(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def write_json(path: Path, data: Any) -> None:
-    """``data`` as :func:`json_text` writes it, atomically."""
-    payload = json_text(data).encode("utf-8")
+def write_text(path: Path, text: str) -> None:
+    """``text`` as UTF-8, atomically (a reader sees the old file or the whole new one, never a part)."""
+    payload = text.encode("utf-8")
 
     def write(fh: IO[bytes]) -> None:
         fh.write(payload)
 
     _atomic_write(path, write)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as :func:`json_text` writes it, atomically."""
+    write_text(path, json_text(data))

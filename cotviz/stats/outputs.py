@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cotviz.io.outputs import save_figure, write_json, write_npz
+from cotviz.io.outputs import save_figure, write_json, write_npz, write_text
 from cotviz.stats.catalog import STAT_INFO
 from cotviz.stats.result import QUANTILE_KEYS, StatsResult
 
@@ -74,13 +74,6 @@ def render_markdown(result: StatsResult) -> str:
     return "\n".join(lines)
 
 
-def _write_text(path: Path, text: str) -> None:
-    from cotviz.io.outputs import _atomic_write
-
-    data = text.encode("utf-8")
-    _atomic_write(path, lambda fh: fh.write(data))  # type: ignore[arg-type, return-value]
-
-
 def default_figure_stage(result: StatsResult) -> int:
     stages = sorted({b.stage for b in result.layout.blocks})
     return 3 if 3 in stages else stages[-1]
@@ -104,8 +97,8 @@ def save_outputs(result: StatsResult, out_dir: Path, *, figure_stage: int | None
     files = output_files(out_dir, result, figure_stage=figure_stage, fmt=fmt, figures=figures)
     stage = default_figure_stage(result) if figure_stage is None else figure_stage
     write_json(files["json"], result.to_dict())
-    _write_text(files["csv"], render_csv(result))
-    _write_text(files["summary"], render_markdown(result))
+    write_text(files["csv"], render_csv(result))
+    write_text(files["summary"], render_markdown(result))
     write_npz(files["histograms"], result.histograms())
     if not figures:
         return files
