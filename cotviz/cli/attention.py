@@ -19,6 +19,20 @@ import typer
 
 from cotviz.analysis.catalog import DEFAULT_MAPS, MAP_INFO
 from cotviz.cli._common import FLAG, err_console, handle_errors, print_json, settle_gc
+from cotviz.cli._options import (
+    BlocksOpt,
+    CropPctOpt,
+    Device,
+    DeviceOpt,
+    JsonOpt,
+    MapName,
+    ModelOpt,
+    NoCropOpt,
+    NumClassesOpt,
+    SizeOpt,
+    StageOpt,
+    WeightsOpt,
+)
 from cotviz.formats import FigureFormat
 
 if TYPE_CHECKING:
@@ -26,15 +40,6 @@ if TYPE_CHECKING:
     from cotviz.explain.pipeline import SavePool
 
 __all__ = ["attention"]
-
-#: ``--map`` choices, from the map registry.
-MapName = Enum("MapName", {n: n for n in MAP_INFO}, type=str)  # type: ignore[misc]
-
-
-class Device(str, Enum):
-    cpu = "cpu"
-    cuda = "cuda"
-
 
 class ScaleMode(str, Enum):
     shared = "shared"
@@ -149,11 +154,8 @@ def _render(explainer: Explainer, paths: list[Path], failures: list[dict[str, st
 def attention(
     images: Annotated[list[str], typer.Argument(help="Image files, directories or glob patterns (quote globs).",
                                                 metavar="IMAGES...", show_default=False)],
-    stage: Annotated[int, typer.Option("--stage", "-s", metavar="N",
-                                       help="Stage 1..4 (layer1..layer4; 3 = 14x14 at 224).")] = 3,
-    block: Annotated[list[int] | None, typer.Option(
-        "--block", "-b", metavar="B", help="Block of the stage, 1-based; repeat for several. Default: every CoT "
-                                           "block.", show_default=False)] = None,
+    stage: StageOpt = 3,
+    block: BlocksOpt = None,
     head: Annotated[int | None, typer.Option(
         "--head", metavar="H", help="Attention head, 0-based (C/8 per block). Default: mean over heads.",
         show_default=False)] = None,
@@ -169,32 +171,20 @@ def attention(
     target: Annotated[int | None, typer.Option(
         "--target", metavar="C", help="Class index for Grad-CAM (implies --gradcam). Default: the predicted class.",
         show_default=False)] = None,
-    model: Annotated[str, typer.Option("--model", metavar="NAME",
-                                       help="Model name or alias (see `cotviz models`).")] = "cotnet50",
-    num_classes: Annotated[int | None, typer.Option(
-        "--num-classes", metavar="N", help="Classifier outputs, for checkpoints fine-tuned on another label set. "
-                                           "Default: the model's (1000).", show_default=False)] = None,
-    weights: Annotated[Path | None, typer.Option(
-        "--weights", metavar="FILE", help="Checkpoint to load (official .pth.tar, state_dict or .safetensors; "
-                                          "loaded safely). Without it: untrained random weights.",
-        show_default=False)] = None,
-    device: Annotated[Device, typer.Option("--device", help="Where the model runs.")] = Device.cpu,
-    size: Annotated[int | None, typer.Option(
-        "--size", metavar="S", help="Model input side S in pixels. Default: the model's pretrained size.",
-        show_default=False)] = None,
-    crop_pct: Annotated[float | None, typer.Option(
-        "--crop-pct", metavar="P", help="Centre-crop fraction: the shorter side is resized to S / crop_pct. "
-                                        "Default: the model's.", show_default=False)] = None,
-    no_crop: Annotated[bool, typer.Option("--no-crop", metavar=FLAG,
-                                          help="Resize the whole image to S x S instead of cropping.")] = False,
+    model: ModelOpt = "cotnet50",
+    num_classes: NumClassesOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = Device.cpu,
+    size: SizeOpt = None,
+    crop_pct: CropPctOpt = None,
+    no_crop: NoCropOpt = False,
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Output directory.")] = Path("cotviz-out"),
     fmt: Annotated[FigureFormat, typer.Option("--format", help="Figure format.")] = FigureFormat.png,
     scale: Annotated[ScaleMode, typer.Option(
         "--scale", help="Colour scale: shared across the blocks of a map type, or per panel.")] = ScaleMode.shared,
     batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="Images per forward pass.")] = 8,
     dpi: Annotated[int, typer.Option("--dpi", metavar="N", help="Figure resolution (PNG).")] = 100,
-    json_out: Annotated[bool, typer.Option("--json", metavar=FLAG,
-                                           help="Print a machine-readable summary on stdout.")] = False,
+    json_out: JsonOpt = False,
     allow_nonfinite: Annotated[bool, typer.Option(
         "--allow-nonfinite", metavar=FLAG, help="Load --weights even if they hold NaN/Inf (refused by default); "
                                                 "non-finite maps are then reported and the exit code is 1.")] = False,

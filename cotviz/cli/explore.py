@@ -16,7 +16,20 @@ import typer
 
 from cotviz.analysis.catalog import MAP_INFO
 from cotviz.cli._common import FLAG, handle_errors, print_json
-from cotviz.cli.attention import Device, MapName
+from cotviz.cli._options import (
+    BlocksOpt,
+    CropPctOpt,
+    Device,
+    DeviceOpt,
+    JsonOpt,
+    MapName,
+    ModelOpt,
+    NoCropOpt,
+    NumClassesOpt,
+    SizeOpt,
+    StageOpt,
+    WeightsOpt,
+)
 
 __all__ = ["explore"]
 
@@ -74,11 +87,8 @@ def explore(
     image: Annotated[str, typer.Argument(help="Image file.", metavar="IMAGE", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE",
                                       help="The HTML page to write.")] = Path("explore.html"),
-    stage: Annotated[int, typer.Option("--stage", "-s", metavar="N",
-                                       help="Stage 1..4 (layer1..layer4; 3 = 14x14 at 224).")] = 3,
-    block: Annotated[list[int] | None, typer.Option(
-        "--block", "-b", metavar="B", help="Block of the stage, 1-based; repeat for several. Default: every CoT "
-                                           "block.", show_default=False)] = None,
+    stage: StageOpt = 3,
+    block: BlocksOpt = None,
     head: Annotated[int | None, typer.Option(
         "--head", metavar="H", help="Head the page opens on (0-based; every head is in the page). Default: mean "
                                     "over heads.", show_default=False)] = None,
@@ -89,26 +99,14 @@ def explore(
     point: Annotated[str | None, typer.Option(
         "--point", metavar="X,Y", help="Pixel of the ORIGINAL image whose cell the page opens on.",
         show_default=False)] = None,
-    model: Annotated[str, typer.Option("--model", metavar="NAME",
-                                       help="Model name or alias (see `cotviz models`).")] = "cotnet50",
-    num_classes: Annotated[int | None, typer.Option(
-        "--num-classes", metavar="N", help="Classifier outputs, for checkpoints fine-tuned on another label set. "
-                                           "Default: the model's (1000).", show_default=False)] = None,
-    weights: Annotated[Path | None, typer.Option(
-        "--weights", metavar="FILE", help="Checkpoint to load (official .pth.tar, state_dict or .safetensors; "
-                                          "loaded safely). Without it: untrained random weights.",
-        show_default=False)] = None,
-    device: Annotated[Device, typer.Option("--device", help="Where the model runs.")] = Device.cpu,
-    size: Annotated[int | None, typer.Option(
-        "--size", metavar="S", help="Model input side S in pixels. Default: the model's pretrained size.",
-        show_default=False)] = None,
-    crop_pct: Annotated[float | None, typer.Option(
-        "--crop-pct", metavar="P", help="Centre-crop fraction: the shorter side is resized to S / crop_pct. "
-                                        "Default: the model's.", show_default=False)] = None,
-    no_crop: Annotated[bool, typer.Option("--no-crop", metavar=FLAG,
-                                          help="Resize the whole image to S x S instead of cropping.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", metavar=FLAG,
-                                           help="Print a machine-readable summary on stdout.")] = False,
+    model: ModelOpt = "cotnet50",
+    num_classes: NumClassesOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = Device.cpu,
+    size: SizeOpt = None,
+    crop_pct: CropPctOpt = None,
+    no_crop: NoCropOpt = False,
+    json_out: JsonOpt = False,
     allow_nonfinite: Annotated[bool, typer.Option(
         "--allow-nonfinite", metavar=FLAG, help="Load --weights even if they hold NaN/Inf (refused by "
                                                 "default).")] = False,

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from cotviz.cli._common import FLAG, err_console, handle_errors, print_json, settle_gc
-from cotviz.cli.attention import Device
+from cotviz.cli._options import Device
 from cotviz.formats import FigureFormat
 
 __all__ = ["stats"]

@@ -45,7 +45,7 @@ def cot_record() -> Record:
 
 
 def test_registry_is_complete_and_documented() -> None:
-    from cotviz.cli.attention import MapName
+    from cotviz.cli._options import MapName
 
     assert [m.value for m in MapName] == list(MAPS)  # the CLI choices follow the registry
     assert set(DEFAULT_MAPS) <= set(MAPS)

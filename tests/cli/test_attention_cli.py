@@ -226,7 +226,7 @@ def test_options_that_do_not_parse_are_usage_errors(runner: CliRunner, args: lis
 
 def test_map_and_format_choices_come_from_the_library() -> None:
     from cotviz.analysis.catalog import MAP_INFO
-    from cotviz.cli.attention import MapName
+    from cotviz.cli._options import MapName
     from cotviz.formats import FigureFormat
 
     assert [m.value for m in MapName] == list(MAP_INFO)
