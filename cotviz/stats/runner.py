@@ -289,6 +289,7 @@ def compute_stats(model: nn.Module | str | LoadedModel, data: str | os.PathLike[
         raise InvalidArgumentError("checkpoints live in the output directory: pass out= (--out) or checkpoint_dir= "
                                    "with --checkpoint-every / --resume")
     names = parse_stat_names(maps)
+    parse_stages(stages, range(1, 5))  # the syntax and 1..4 now, before a model is built or a file listed
     torch_dtype = _parse_dtype(dtype)
     dev = None if device is None else parse_device(str(device))
     dset = data if isinstance(data, StatsData) else list_dataset(data, by_class=by_class)

@@ -60,6 +60,7 @@ def test_outputs_and_json(tree: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["{missing}"], 1, "no such file or directory"),
     (["{tree}", "--stages", "7"], 2, "stage 7 out of range"),
+    (["{tree}", "--stages", "0", "--weights", "{missing}"], 2, "stage 0 out of range"),  # before the weights load
     (["{tree}", "--maps", "entropy"], 2, "unknown map 'entropy'"),
     (["{tree}", "--checkpoint-every", "0"], 2, "--checkpoint-every must be at least 1"),
     (["{tree}", "--batch-size", "0"], 2, "--batch-size must be at least 1"),
