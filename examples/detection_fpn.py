@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 import cotviz
+import cotviz.interop
 from cotviz.data import ShapesDataset
 
 
@@ -28,12 +29,15 @@ def main() -> None:
     p.add_argument("--size", type=int, default=96, help="image side in pixels")
     args = p.parse_args()
 
+    weights = args.weights if args.weights is not None else ("demo" if args.model == "cotnet_demo" else None)
+    model = cotviz.create_model(args.model, weights=weights)
+    try:  # imports torchvision: one line if it is missing or not built for this torch
+        backbone = cotviz.backbone_with_fpn(model, returned_layers=(2, 3, 4), out_channels=64, trainable_layers=3)
+    except cotviz.interop.MissingDependencyError as err:
+        raise SystemExit(f"error: {err}") from None
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-    weights = args.weights if args.weights is not None else ("demo" if args.model == "cotnet_demo" else None)
-    model = cotviz.create_model(args.model, weights=weights)
-    backbone = cotviz.backbone_with_fpn(model, returned_layers=(2, 3, 4), out_channels=64, trainable_layers=3)
     anchors = AnchorGenerator(sizes=((16,), (32,), (64,), (128,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
     detector = FasterRCNN(backbone, num_classes=2, min_size=args.size, max_size=args.size,
                           image_mean=list(model.pretrained_cfg["mean"]), image_std=list(model.pretrained_cfg["std"]),
