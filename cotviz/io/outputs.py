@@ -139,11 +139,14 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
-def save_figure(fig: Figure, path: Path, fmt: str = "png", dpi: float | None = None) -> None:
+def save_figure(fig: Figure, path: Path, fmt: str = "png", dpi: float | None = None, *,
+                render: Callable[[Figure], Any] | None = None) -> None:
     """Save ``fig`` as ``fmt`` (png/svg/pdf) at ``path``, without timestamps, atomically.
 
     PNG: the Agg canvas is drawn once and written as RGB by Pillow (transparent parts composited over
-    white), which is smaller and faster than matplotlib's RGBA writer.
+    white), which is smaller and faster than matplotlib's RGBA writer. ``render(fig)``, if given, draws the
+    canvas instead of ``canvas.draw()`` and returns its (H_px, W_px, 4) uint8 RGBA pixels (e.g.
+    :func:`cotviz.viz.render.render_rgba`, which reuses a cached static layer).
     """
     metadata: dict[str, Any] = {"svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None}}.get(fmt, {})
 
@@ -155,11 +158,14 @@ def save_figure(fig: Figure, path: Path, fmt: str = "png", dpi: float | None = N
 
             if dpi is not None:
                 fig.set_dpi(dpi)
-            canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-            canvas.draw()
-            rgba = np.asarray(canvas.buffer_rgba())  # (H_px, W_px, 4) uint8
-            # zlib level 3: ~2.5x faster than the default 6 for ~6 % larger files on these figures
-            Image.fromarray(_over_white(rgba)).save(fh, format="png", dpi=(fig.dpi, fig.dpi), compress_level=3)
+            if render is not None:
+                rgba = np.asarray(render(fig))  # (H_px, W_px, 4) uint8
+            else:
+                canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+                canvas.draw()
+                rgba = np.asarray(canvas.buffer_rgba())  # (H_px, W_px, 4) uint8
+            # zlib level 1: ~4x faster than the default 6 (~1.7x than 3) for ~15 % (~9 %) larger files here
+            Image.fromarray(_over_white(rgba)).save(fh, format="png", dpi=(fig.dpi, fig.dpi), compress_level=1)
             return
         fig.savefig(fh, format=fmt, dpi=dpi if dpi is not None else fig.dpi, metadata=metadata, facecolor="white")
 

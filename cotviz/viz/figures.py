@@ -24,6 +24,7 @@ from matplotlib.colorbar import Colorbar
 from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
+from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
 from cotviz.analysis.maps import MAPS
@@ -37,6 +38,7 @@ from cotviz.viz.overlay import (
     mark_point,
     new_figure,
 )
+from cotviz.viz.render import mark_static
 
 __all__ = [
     "AttentionFigureData",
@@ -379,16 +381,23 @@ def _canvas(fig: Figure, lay: _Layout) -> Axes:
     return ax
 
 
+def _static(ax: Axes, text: Text) -> None:
+    """Mark a canvas text outside every panel as part of the figure's static layer (see :mod:`cotviz.viz.render`)."""
+    fig = ax.get_figure(root=True)
+    if isinstance(fig, Figure):
+        mark_static(fig, [text])
+
+
 def _panel_title(ax: Axes, box: Box, text: str, fontsize: float, pad_pt: float = 6.0) -> None:
     x, top, w, _ = box
-    ax.text(x + w / 2, top - pad_pt / 72, text, fontsize=fontsize, ha="center", va="bottom",
-            multialignment="center")
+    _static(ax, ax.text(x + w / 2, top - pad_pt / 72, text, fontsize=fontsize, ha="center", va="bottom",
+                        multialignment="center"))
 
 
 def _row_label(ax: Axes, box: Box, text: str) -> None:
     x, top, _, h = box
-    ax.text(x - 4 / 72, top + h / 2, text, fontsize=_FONT, rotation=90, ha="right", va="center",
-            multialignment="center")
+    _static(ax, ax.text(x - 4 / 72, top + h / 2, text, fontsize=_FONT, rotation=90, ha="right", va="center",
+                        multialignment="center"))
 
 
 def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi: float = 100) -> Figure:
