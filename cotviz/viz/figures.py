@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -388,6 +388,37 @@ def _static(ax: Axes, text: Text) -> None:
         mark_static(fig, [text])
 
 
+def _line_tops(fig: Figure, lines: Sequence[str], fontsize: float) -> list[float]:
+    """Where one multi-line matplotlib Text (default font, ``linespacing="normal"``) puts the top of each line
+    of ``lines``, in points below its own top: so one one-line Text per line (``va="top"``) draws the same.
+
+    As ``Text._get_layout``: each line is at least the font's ascent + descent high (OS/2, else hhea table) plus
+    its line gap, half of it above the line."""
+    from matplotlib.font_manager import FontProperties, findfont, get_font
+
+    if len(lines) < 2:
+        return [0.0] * len(lines)
+    prop = FontProperties(size=fontsize)
+    font: Any = get_font(findfont(prop))  # get_sfnt_table's stubs want literal table names
+    em = font.get_sfnt_table("head")["unitsPerEm"]
+    min_a, min_d, gap = 0.0, 0.0, 0.0
+    for table, g, up, down in (("OS/2", "sTypoLineGap", "sTypoAscender", "sTypoDescender"),
+                               ("hhea", "lineGap", "ascent", "descent")):
+        m = font.get_sfnt_table(table)
+        if m is not None:
+            min_a, min_d, gap = (m[up] / em * fontsize, -m[down] / em * fontsize, m[g] / em * fontsize)
+            break
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg (new_figure): metrics in pixels
+    to_pt = 72.0 / fig.dpi
+    tops, y = [], gap / 2
+    for line in lines:
+        _, h, d = renderer.get_text_width_height_descent(line, prop, ismath=False)
+        a_pt, d_pt = max((h - d) * to_pt, min_a), max(d * to_pt, min_d)
+        tops.append(y)
+        y += a_pt + d_pt + gap
+    return tops
+
+
 def _panel_title(ax: Axes, box: Box, text: str, fontsize: float, pad_pt: float = 6.0) -> None:
     x, top, w, _ = box
     _static(ax, ax.text(x + w / 2, top - pad_pt / 72, text, fontsize=fontsize, ha="center", va="bottom",
@@ -425,13 +456,19 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
     text_width = _Layout.width_for(n_blocks, per_panel) - 0.4
     head_label = (f"head {data.head} of {data.num_heads}" if data.head is not None
                   else f"mean over {data.num_heads} heads (attention maps), all channels (context maps)")
-    title = [ln for segs in _title(data, head_label) for ln in _wrap(segs, text_width, _TITLE)]
+    title_groups = [_wrap(segs, text_width, _TITLE) for segs in _title(data, head_label)]
+    title = [ln for group in title_groups for ln in group]
     notes = [ln for note in data.notes for ln in _wrap([note], text_width, _FONT - 0.5)]
     lay = _Layout(n_blocks=n_blocks, n_rows=len(names), kernel_aspect=kernel_aspect, n_left=len(left_items),
                   per_panel=per_panel, n_notes=len(notes), n_title=len(title))
     fig = new_figure((lay.width, lay.height), dpi=dpi)
     canvas = _canvas(fig, lay)
-    fig.text(0.5, 1.0 - 0.1 / lay.height, "\n".join(title), fontsize=_TITLE, ha="center", va="top")
+    # one Text per title line, where one multi-line Text puts them: the first group (model, weights, stage,
+    # heads) repeats over a folder and joins the static layer
+    for i, (line, top) in enumerate(zip(title, _line_tops(fig, title, _TITLE), strict=True)):
+        t = fig.text(0.5, 1.0 - (0.1 + top / 72) / lay.height, line, fontsize=_TITLE, ha="center", va="top")
+        if i < len(title_groups[0]):
+            mark_static(fig, [t])
     display = data.display
     size = (int(display.shape[0]), int(display.shape[1]))
     uv = data.point.uv if data.point is not None else None
@@ -523,6 +560,6 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
         if not per_panel and im is not None:
             _row_colorbar(fig, fig.add_axes(lay.rect(lay.cbar(r))), im, "A (signed)")
     for i, note in enumerate(notes):
-        fig.text(lay.left_x / lay.width, 1.0 - (lay.notes_y + 0.16 * i) / lay.height, note, fontsize=_FONT - 0.5,
-                 color="0.3", ha="left", va="top")
+        mark_static(fig, [fig.text(lay.left_x / lay.width, 1.0 - (lay.notes_y + 0.16 * i) / lay.height, note,
+                                   fontsize=_FONT - 0.5, color="0.3", ha="left", va="top")])
     return fig

@@ -34,7 +34,8 @@ _LOCK = threading.Lock()
 
 
 def mark_static(fig: Figure, artists: Iterable[Text]) -> None:
-    """Declare texts of ``fig`` (children of one of its Axes) that overlap no other artist of the figure.
+    """Declare texts of ``fig`` (figure texts, or texts of an Axes without axis decorations) that overlap no
+    other artist of the figure.
 
     :func:`render_rgba` may take them from a layer drawn for an earlier figure with the same texts, places,
     styles, size and dpi."""
@@ -54,6 +55,8 @@ def _draw_order(fig: Figure, static: set[int]) -> list[Artist]:
     (the static ones dropped). Axes with static children must not show axis decorations (a canvas Axes)."""
     out: list[Artist] = []
     for a in sorted((c for c in fig.get_children() if c is not fig.patch), key=lambda c: c.get_zorder()):
+        if id(a) in static:
+            continue
         if isinstance(a, Axes) and any(id(c) in static for c in a.get_children()):
             if not a.get_visible():
                 continue
@@ -71,7 +74,8 @@ def render_rgba(fig: Figure) -> np.ndarray:
     (H_px, W_px, 4) uint8 RGBA buffer (a view: copy it before drawing the figure again)."""
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     texts = _STATIC.get(fig, ())
-    ok = bool(texts) and all(t.axes is not None and t in t.axes.texts and not t.axes.axison for t in texts)
+    ok = bool(texts) and all(t in fig.texts if t.axes is None else (t in t.axes.texts and not t.axes.axison)
+                             for t in texts)
     if not ok or fig.suppressComposite is not True:
         canvas.draw()
         return np.asarray(canvas.buffer_rgba())
@@ -98,10 +102,10 @@ def render_rgba(fig: Figure) -> np.ndarray:
 def _static_layer(fig: Figure, canvas: FigureCanvasAgg, texts: tuple[Text, ...]) -> np.ndarray:
     """The figure patch and ``texts`` alone, drawn on ``canvas``: (H_px, W_px, 4) uint8 (a read-only copy)."""
     keep = {id(t) for t in texts}
-    owners = {id(t.axes) for t in texts}
+    owners = {id(t.axes) for t in texts if t.axes is not None}
     hidden: list[Artist] = []
     for a in fig.get_children():
-        if a is fig.patch or not a.get_visible():
+        if a is fig.patch or id(a) in keep or not a.get_visible():
             continue
         if isinstance(a, Axes) and id(a) in owners:
             hidden += [c for c in a.get_children() if id(c) not in keep and c.get_visible()]

@@ -54,3 +54,16 @@ def test_a_figure_without_static_texts_is_drawn_in_full() -> None:
     fig.add_subplot().plot([0, 1], [1, 0])
     expected = full_draw(fig)
     np.testing.assert_array_equal(render_rgba(fig), expected)
+
+
+def test_title_lines_sit_where_one_multiline_text_puts_them() -> None:
+    """The title is one Text per line (the first lines join the static layer); drawn as before: one Text."""
+    fig = attention_figure(make_data())
+    lines = [t for t in fig.texts if t.get_position()[0] == 0.5]
+    assert len(lines) >= 2
+    split = full_draw(fig)
+    for t in lines:
+        t.remove()
+    fig.text(0.5, 1.0 - 0.1 / fig.get_size_inches()[1], "\n".join(t.get_text() for t in lines), fontsize=8.0,
+             ha="center", va="top")
+    np.testing.assert_array_equal(split, full_draw(fig))
