@@ -27,7 +27,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
-from matplotlib.transforms import Affine2D, Transform
+from matplotlib.transforms import Affine2D, Bbox, Transform, TransformedBbox
 
 __all__ = [
     "Panel",
@@ -101,10 +101,13 @@ class Panel:
         return "equal" if self.box is None else "auto"
 
     def clip(self, artist: Artist) -> None:
-        """Clip ``artist`` to the panel (to the Axes itself for a whole-Axes panel)."""
+        """Clip ``artist`` to the panel (to the Axes itself for a whole-Axes panel).
+
+        A clip box, not a clip path: the same pixels, and cheaper to set up and to draw."""
         if self.box is not None:
             x, y, w, h = self.box
-            artist.set_clip_path(Rectangle((x, y), w, h, transform=self.ax.transData))
+            artist.set_clip_path(None)
+            artist.set_clip_box(TransformedBbox(Bbox.from_bounds(x, y, w, h), self.ax.transData))
 
     def frame(self, *, linewidth: float = 0.8, color: str = "black") -> None:
         """A thin frame around a canvas panel (a whole Axes has its spines)."""
