@@ -3,7 +3,7 @@
 :class:`cotviz.explain.Explainer` keeps, per image, the kernels at ONE point (``Explanation.kernels``). The
 explorer needs the kernels at every cell, so ``Explainer(..., cells=True)`` calls :func:`cell_data` on the
 same capture pass and stores the result as ``Explanation.cells``. Everything here is computed by the library
-(:meth:`cotviz.capture.Record.heads`, the map registry :data:`cotviz.analysis.maps.MAPS`,
+(:meth:`cotviz.capture.Record.heads`, :func:`cotviz.analysis.maps.block_maps`,
 :func:`cotviz.analysis.rollout.plan_stage`); nothing is re-derived.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cotviz.analysis.maps import MAPS
+from cotviz.analysis.maps import block_maps
 from cotviz.analysis.rollout import KernelStep, plan_stage, stage_input_geometry
 from cotviz.capture.records import Record
 
@@ -70,8 +70,8 @@ def _head_maps(record: Record, index: int, names: Sequence[str]) -> dict[str, np
     """map name -> (M, H, W) of image ``index``: each head's map, from the registry (the computation of
     ``head=h``; on the whole batch, as the runner computes it, then image ``index``)."""
     heads = int(record.heads("attention").shape[1])
-    return {n: torch.stack([MAPS[n].compute(record, h)[index].float() for h in range(heads)]).cpu().numpy()
-            for n in names}  # (M, H, W)
+    per_head = [block_maps(record, names, h) for h in range(heads)]  # the runner's maps, one head at a time
+    return {n: torch.stack([maps[n][index] for maps in per_head]).numpy() for n in names}  # (M, H, W)
 
 
 def cell_data(records: Sequence[Record], index: int, maps: Sequence[str], shown: Sequence[str]) -> CellData:
