@@ -39,6 +39,7 @@ from cotviz.explain.runner import (
     untrained_message,
 )
 from cotviz.io import PreprocessConfig
+from cotviz.io.outputs import json_ready
 from cotviz.models.untrained import LoadedModel, describe_model, finish_model, new_model
 from cotviz.resources import parse_device
 from cotviz.stats import distributed as dist_ops
@@ -221,11 +222,13 @@ def _observe(layout: Layout, part: BatchPartial, labels: torch.Tensor | None) ->
 
 def _fingerprint(loaded: LoadedModel, data: StatsData, cfg: PreprocessConfig, layout: Layout, sh: Shard,
                  dtype: torch.dtype, calibration_images: int) -> dict[str, Any]:
+    """What a checkpoint was made for, JSON-ready (as a checkpoint stores it, so the two compare equal)."""
     w = loaded.weights
-    return {"model": loaded.name, "weights": None if w is None else w.sha256, "untrained": loaded.untrained,
-            "data": data.digest(), "images": len(data.items), "preprocessing": _cfg_dict(cfg), "layout": json.loads(json.dumps(layout.describe())), "batch_size": sh.batch_size,
-            "world_size": sh.world_size, "rank": sh.rank, "dtype": str(dtype).replace("torch.", ""),
-            "calibration_images": calibration_images}
+    return json_ready({"model": loaded.name, "weights": None if w is None else w.sha256, "untrained": loaded.untrained,
+                       "data": data.digest(), "images": len(data.items), "preprocessing": _cfg_dict(cfg),
+                       "layout": layout.describe(), "batch_size": sh.batch_size, "world_size": sh.world_size,
+                       "rank": sh.rank, "dtype": str(dtype).replace("torch.", ""),
+                       "calibration_images": calibration_images})
 
 
 def _agree(world: dist_ops.World, ok: bool) -> bool:
@@ -419,8 +422,8 @@ def _restore(path: Path, fingerprint: dict[str, Any]) -> Checkpoint | str | None
         ckpt = load_checkpoint(path)
     except CheckpointError as err:
         return str(err)
-    if ckpt.fingerprint != json.loads(json.dumps(fingerprint)):
-        diff = sorted(k for k in fingerprint if ckpt.fingerprint.get(k) != json.loads(json.dumps(fingerprint))[k])
+    if ckpt.fingerprint != fingerprint:
+        diff = sorted(k for k in fingerprint if ckpt.fingerprint.get(k) != fingerprint[k])
         return (f"--resume: {path} was written by a different run ({', '.join(diff)} differ); rerun with the same "
                 "options and data, or without --resume")
     return ckpt
