@@ -17,7 +17,6 @@ with the unreadable files.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 from collections.abc import Sequence
@@ -133,10 +132,10 @@ def list_dataset(data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
                 paths, problems = expanded.paths, list(expanded.problems)
         elif _GLOB.intersection(text):
             root, kind = _prefix(text), "glob"
-            paths = [p for p in (Path(m) for m in sorted(glob.glob(text, recursive=True))) if p.is_file()
-                     and p.suffix.lower() in image_extensions()]
+            expanded = expand_inputs([text])
+            paths = expanded.paths
             if not paths:
-                raise ImageError(f"no image files match the pattern {data}")
+                raise ImageError(expanded.problems[0].message)
         else:
             raise ImageError(f"no such file or directory: {data}")
     else:
