@@ -22,13 +22,13 @@ import torch
 from torch import nn
 
 from cotviz.errors import InvalidArgumentError, UnknownModelError
-from cotviz.models.checkpoint import load_checkpoint
+from cotviz.models.checkpoint import CheckpointInfo, load_checkpoint
 from cotviz.models.configs import PaperResult, PretrainedCfg
 from cotviz.models.demo import DEMO, demo_weights
 from cotviz.resources import check_memory, format_bytes
 
-__all__ = ["ModelEntry", "create_model", "list_models", "model_entry", "register_model", "registered_shapes",
-           "resolve_name"]
+__all__ = ["ModelEntry", "create_model", "list_models", "load_weights", "model_entry", "register_model",
+           "registered_shapes", "resolve_name"]
 
 ModelBuilder = Callable[..., nn.Module]
 
@@ -308,6 +308,14 @@ def create_model(name: str, *, weights: str | os.PathLike[str] | None = None, se
     model.pretrained_cfg = cfg  # type: ignore[assignment]
     model.model_name = entry.name  # type: ignore[assignment]
     if weights is not None:
-        weights = demo_weights(entry.name) if os.fspath(weights) == DEMO else weights  # shipped: models/demo.py
-        load_checkpoint(model, Path(weights), candidates=registered_shapes(), allow_nonfinite=allow_nonfinite)
+        load_weights(model, entry.name, weights, allow_nonfinite=allow_nonfinite)
     return model.eval()
+
+
+def load_weights(model: nn.Module, name: str, weights: str | os.PathLike[str], *,
+                 allow_nonfinite: bool = False) -> CheckpointInfo:
+    """Load ``weights`` into ``model`` (variant ``name``): ``"demo"`` is the variant's shipped checkpoint
+    (:mod:`cotviz.models.demo`), anything else a path, loaded by :func:`cotviz.models.checkpoint.load_checkpoint`
+    with the registered layouts as ``candidates`` (a checkpoint of another variant is named in the error)."""
+    path = demo_weights(name) if os.fspath(weights) == DEMO else Path(weights)
+    return load_checkpoint(model, path, candidates=registered_shapes(), allow_nonfinite=allow_nonfinite)

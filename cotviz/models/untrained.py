@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -203,14 +202,9 @@ def finish_model(model: nn.Module, name: str, weights: str | os.PathLike[str] | 
         init = (f"{UNTRAINED_NOTE}: calibration over {CALIBRATION_BATCH} smooth-noise images of "
                 f"{CALIBRATION_SIDE} px; the network is UNTRAINED")
         return LoadedModel(make_untrained(model), name, None, True, init)
-    from cotviz.models.checkpoint import load_checkpoint
-    from cotviz.models.demo import DEMO, demo_weights
-    from cotviz.models.registry import registered_shapes
+    from cotviz.models.registry import load_weights
 
-    if os.fspath(weights) == DEMO:  # the shipped demo checkpoint of this architecture (also Path("demo"))
-        weights = demo_weights(str(getattr(model, "model_name", name)))
-    info = load_checkpoint(model, Path(weights), candidates=registered_shapes(),  # names the variant it fits
-                           allow_nonfinite=allow_nonfinite)
+    info = load_weights(model, str(getattr(model, "model_name", name)), weights, allow_nonfinite=allow_nonfinite)
     model.eval()
     return LoadedModel(model, name, info, False,
                        f"checkpoint {info.path.name} ({info.source}{', EMA' if info.used_ema else ''})")
