@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from cotviz.models.configs import PaperResult, PretrainedCfg
+from cotviz.models.demo import DEMO_ACCURACY
 from cotviz.models.registry import register_model
 from cotviz.models.resnet import CoTResNet, HybridRouting
 
@@ -172,21 +173,24 @@ def _demo(spatial_layer: str, **kwargs: Any) -> nn.Module:
 
 
 @register_model(pretrained_cfg=_CFG_DEMO, tags=("cot", "demo"),
-                description="small CoTNet trained on cotviz.data shapes: weights='demo', 98.7% held-out accuracy")
+                description=f"small CoTNet trained on cotviz.data shapes: weights='demo', {DEMO_ACCURACY['cotnet_demo']}% "
+                            "held-out accuracy")
 def cotnet_demo(**kwargs: Any) -> nn.Module:
     """Small CoTNet trained on the synthetic shapes (``weights="demo"`` loads the shipped checkpoint)."""
     return _demo("cot", **kwargs)
 
 
 @register_model(pretrained_cfg=_CFG_DEMO, tags=("baseline", "demo"),
-                description="conv counterpart of cotnet_demo, same data and recipe: weights='demo', 94.3% held-out")
+                description=f"conv counterpart of cotnet_demo, same data and recipe: weights='demo', "
+                            f"{DEMO_ACCURACY['resnet_demo']}% held-out")
 def resnet_demo(**kwargs: Any) -> nn.Module:
     """The demo skeleton with a plain 3x3 conv in every block (the conv counterpart of ``cotnet_demo``)."""
     return _demo("conv", **kwargs)
 
 
 @register_model(pretrained_cfg=_CFG_DEMO, tags=("sa", "demo"),
-                description="local self-attention counterpart of cotnet_demo, same recipe: weights='demo', 90.1% held-out")
+                description=f"local self-attention counterpart of cotnet_demo, same recipe: weights='demo', "
+                            f"{DEMO_ACCURACY['sa_demo']}% held-out")
 def sa_demo(**kwargs: Any) -> nn.Module:
     """The demo skeleton with local multi-head self-attention in every block (``spatial_layer="sa"``)."""
     return _demo("sa", **kwargs)
