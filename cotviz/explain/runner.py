@@ -298,6 +298,11 @@ class Explainer:
         geometry = {r.name: _geometry(r) for r in records}
         meta_base = dict(model=self.loaded.provenance(), model_label=self.loaded.name,
                          weights_label=self.loaded.weights_label, selection=sel, notes=self._notes)
+        every: list[Any] = [None] * len(batch)
+        if self.cells:
+            from cotviz.explore.cells import cell_data
+
+            every = list(cell_data(records, sel.maps, shown))  # per image, the per-head maps computed once per batch
         results = []
         for i, prep in enumerate(batch):
             per_block = {b: {n: maps[map_key(b, n)][i].numpy() for n in sel.maps} for b in shown}
@@ -308,11 +313,6 @@ class Explainer:
             if cam is not None:
                 gc_result = GradCam(cam.cam[i].numpy(), cam.upsampled[i].numpy(), int(cam.target[i]),
                                     self.target is not None)
-            every = None
-            if self.cells:
-                from cotviz.explore.cells import cell_data
-
-                every = cell_data(records, i, sel.maps, shown)
             bad = nonfinite_keys(per_block)
             if not torch.isfinite(logits[i]).all():
                 bad = (*bad, "prediction")
@@ -322,7 +322,7 @@ class Explainer:
                 prediction=Prediction(tuple(int(c) for c in top.indices[i]),
                                       tuple(float(p) for p in top.values[i]), float(logits[i, top.indices[i, 0]])),
                 fusion={b: FusionSummary(float(f["fraction"][i]), float(f["mean_weight"][i])) for b, f in fusion.items()},
-                nonfinite=bad, cells=every,
+                nonfinite=bad, cells=every[i],
                 metadata=Metadata(input=_input_info(prep), preprocessing=None if prep.crop_box is None
                                   else self.preprocess, **meta_base)))  # type: ignore[arg-type]
         return results

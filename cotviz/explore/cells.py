@@ -66,42 +66,45 @@ class CellData:
             sum(m.nbytes for maps in self.head_maps.values() for m in maps.values())
 
 
-def _head_maps(record: Record, index: int, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """map name -> (M, H, W) of image ``index``: each head's map, from the registry (the computation of
-    ``head=h``; on the whole batch, as the runner computes it, then image ``index``)."""
+def _head_maps(record: Record, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """map name -> (B, M, H, W): each head's map for the whole batch, from the registry (the computation of
+    ``head=h``, on the whole batch, as the runner computes it)."""
     heads = int(record.heads("attention").shape[1])
     per_head = [block_maps(record, names, h) for h in range(heads)]  # the runner's maps, one head at a time
-    return {n: torch.stack([maps[n][index] for maps in per_head]).numpy() for n in names}  # (M, H, W)
+    return {n: torch.stack([maps[n] for maps in per_head], dim=1) for n in names}  # (B, M, H, W)
 
 
-def cell_data(records: Sequence[Record], index: int, maps: Sequence[str], shown: Sequence[str]) -> CellData:
-    """Attention at every cell, per-head maps and the rollout plan of image ``index``.
+def cell_data(records: Sequence[Record], maps: Sequence[str], shown: Sequence[str]) -> list[CellData]:
+    """Attention at every cell, per-head maps and the rollout plan of every image of the batch, in batch order.
 
     Args:
         records: blocks 1..n of ONE stage, in order, each with its attention captured.
-        index: the image within the batch.
         maps: map names (registry keys) to compute per head.
         shown: record names whose per-head maps are wanted (the drawn blocks).
     """
-    attention: dict[str, np.ndarray] = {}
-    by_block: dict[int, torch.Tensor] = {}
-    for rec in records:
-        heads = rec.heads("attention")[index]  # (M, K*K, H, W)
-        k = int(rec.kernel_size or round(heads.shape[1] ** 0.5))
-        by_block[rec.block] = heads
-        attention[rec.name] = heads.float().reshape(heads.shape[0], k, k, *heads.shape[2:]).cpu().numpy()
-    head_maps = {rec.name: _head_maps(rec, index, maps) for rec in records if rec.name in shown}
+    batch_maps = {rec.name: _head_maps(rec, maps) for rec in records if rec.name in shown}  # once per batch
     stride, grid = stage_input_geometry(records[0])
     names = {rec.block: rec.name for rec in records}
     k = int(records[-1].kernel_size or 3)
-    plan = plan_stage(by_block, kernel_size=k, pooled_before={r.block: r.pooled_before for r in records},
-                      blurred_after={r.block: r.blurred_after for r in records}, stage_input_size=grid)
-    steps: list[Mapping[str, Any]] = []
-    kernel_blocks = iter(sorted(by_block))  # plan_stage gives one KernelStep per block, in block order
-    for step in plan:
-        if isinstance(step, KernelStep):
-            steps.append({"kind": "kernel", "block": names[next(kernel_blocks)]})
-        else:
-            steps.append({"kind": step.kind, "in": list(step.in_size), "out": list(step.out_size)})
-    return CellData(attention, head_maps, RolloutPlan(tuple(steps), stride, grid))
-
+    out: list[CellData] = []
+    for index in range(int(records[0].heads("attention").shape[0])):
+        attention: dict[str, np.ndarray] = {}
+        by_block: dict[int, torch.Tensor] = {}
+        for rec in records:
+            heads = rec.heads("attention")[index]  # (M, K*K, H, W)
+            kb = int(rec.kernel_size or round(heads.shape[1] ** 0.5))
+            by_block[rec.block] = heads
+            attention[rec.name] = heads.float().reshape(heads.shape[0], kb, kb, *heads.shape[2:]).cpu().numpy()
+        head_maps = {b: {n: m[index].clone().numpy() for n, m in per_map.items()}  # own copy: no batch kept
+                     for b, per_map in batch_maps.items()}
+        plan = plan_stage(by_block, kernel_size=k, pooled_before={r.block: r.pooled_before for r in records},
+                          blurred_after={r.block: r.blurred_after for r in records}, stage_input_size=grid)
+        steps: list[Mapping[str, Any]] = []
+        kernel_blocks = iter(sorted(by_block))  # plan_stage gives one KernelStep per block, in block order
+        for step in plan:
+            if isinstance(step, KernelStep):
+                steps.append({"kind": "kernel", "block": names[next(kernel_blocks)]})
+            else:
+                steps.append({"kind": step.kind, "in": list(step.in_size), "out": list(step.out_size)})
+        out.append(CellData(attention, head_maps, RolloutPlan(tuple(steps), stride, grid)))
+    return out
