@@ -17,12 +17,12 @@ import typer
 from cotviz.cli._common import FLAG, err_console, handle_errors, print_json, settle_gc
 from cotviz.cli._options import Device
 from cotviz.formats import FigureFormat
+from cotviz.stats.catalog import STAT_INFO, parse_stat_names
 
 __all__ = ["stats"]
 
-#: Every quantity ``--maps`` accepts (kept in step with cotviz.stats.catalog.STAT_INFO by a test).
-STAT_NAMES = ("attention_energy", "attention_entropy", "center_weight", "static_energy", "dynamic_energy",
-              "dynamic_share", "output_energy", "fusion_dynamic_weight", "fusion_dynamic_fraction")
+#: Every quantity ``--maps`` accepts (the catalog imports no torch).
+STAT_NAMES = tuple(STAT_INFO)
 
 
 class DType(str, Enum):
@@ -140,7 +140,6 @@ def stats(
     """
     from cotviz.errors import InvalidArgumentError
     from cotviz.resources import check_threads, torch_threads
-    from cotviz.stats.catalog import parse_stat_names
 
     check_threads(threads)
     names = parse_stat_names(maps)  # before anything heavy

@@ -17,12 +17,30 @@
 
 from __future__ import annotations
 
-from cotviz.stats.accumulators import Accumulator, Moments, MomentTree
-from cotviz.stats.catalog import STAT_INFO
-from cotviz.stats.dataset import StatsData, list_dataset
-from cotviz.stats.result import SCHEMA_VERSION, StatsResult
-from cotviz.stats.runner import Progress, compute_stats
-from cotviz.stats.sharding import Shard, shard
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cotviz.stats.accumulators import Accumulator, Moments, MomentTree
+    from cotviz.stats.catalog import STAT_INFO
+    from cotviz.stats.dataset import StatsData, list_dataset
+    from cotviz.stats.result import SCHEMA_VERSION, StatsResult
+    from cotviz.stats.runner import Progress, compute_stats
+    from cotviz.stats.sharding import Shard, shard
 
 __all__ = ["SCHEMA_VERSION", "STAT_INFO", "Accumulator", "MomentTree", "Moments", "Progress", "Shard", "StatsData",
            "StatsResult", "compute_stats", "list_dataset", "shard"]
+
+#: Where each public name lives (imported on first use: ``cotviz.stats.catalog`` alone does not import torch).
+_HOME = {"Accumulator": "accumulators", "Moments": "accumulators", "MomentTree": "accumulators",
+         "STAT_INFO": "catalog", "StatsData": "dataset", "list_dataset": "dataset", "SCHEMA_VERSION": "result",
+         "StatsResult": "result", "Progress": "runner", "compute_stats": "runner", "Shard": "sharding",
+         "shard": "sharding"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'cotviz.stats' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"cotviz.stats.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value
