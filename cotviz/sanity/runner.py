@@ -21,12 +21,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
+from cotviz.analysis.attribution import grad_cam
 from cotviz.analysis.catalog import MAP_INFO
 from cotviz.analysis.sanity import spearman
 from cotviz.errors import ImageError, InvalidArgumentError
 from cotviz.explain import Explainer, Explanation
+from cotviz.explain.inputs import Prepared
+from cotviz.explain.loader import Failure, load_batches
 from cotviz.io import expand_inputs
 from cotviz.models.untrained import LoadedModel, describe_model
 from cotviz.sanity.randomize import SEED, Mode, Randomizer
@@ -117,12 +121,15 @@ def _inputs(images: Any) -> tuple[list[Any], list[tuple[str, str]]]:
     return out, problems
 
 
-def _per_image(ex: Explanation, maps: Sequence[str]) -> dict[str, np.ndarray]:
-    """map name -> (blocks, H, W) stack of the stage's CoT blocks (Grad-CAM: (1, h, w))."""
+def _per_image(ex: Explanation, maps: Sequence[str], cam: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """map name -> (blocks, H, W) stack of the stage's CoT blocks (Grad-CAM: (1, h, w), ``cam`` or the
+    explanation's)."""
     out = {name: np.stack([ex.maps[b][name] for b in ex.maps]) for name in maps if name != GRADCAM}
     if GRADCAM in maps:
-        assert ex.gradcam is not None
-        out[GRADCAM] = ex.gradcam.cam[None]
+        if cam is None:
+            assert ex.gradcam is not None
+            cam = ex.gradcam.cam
+        out[GRADCAM] = cam[None]
     return out
 
 
@@ -200,21 +207,27 @@ def sanity(model: nn.Module | LoadedModel, images: Any, *, stage: int = 3, maps:
             if progress is not None:
                 progress(mode, step.index, len(units))
             values: dict[str, list[float]] = {n: [] for n in names}
-            # one Explainer per target class (Grad-CAM of the trained network's prediction, not the random one's)
-            groups: dict[int, list[int]] = {}
-            for i, t in enumerate(targets):
-                groups.setdefault(t, []).append(i)
-            for target, idx in groups.items():
-                explainer = Explainer(step.model, gradcam=gradcam, target=target if gradcam else None, **request)
-                for i, ex in zip(idx, explainer.stream([readable[i] for i in idx], batch_size), strict=True):
-                    if ex.error is not None:  # the file changed between steps
-                        raise ImageError(f"{ex.source} became unreadable during the run: {ex.error}")
-                    now = _per_image(ex, names)
+            # one Explainer for the maps; Grad-CAM of the trained network's prediction (not the random one's), per image
+            explainer = Explainer(step.model, **request)
+            done = 0
+            for batch in load_batches(readable, explainer.preprocess, batch_size=batch_size):
+                for p in batch:
+                    if isinstance(p, Failure):  # the file changed between steps
+                        raise ImageError(f"{p.source} became unreadable during the run: {p.message}")
+                explanations = explainer.explain_prepared(batch)
+                cams = None
+                if gradcam:
+                    x = torch.stack([p.tensor for p in batch if isinstance(p, Prepared)]).to(explainer.device)
+                    cams = grad_cam(step.model, x, stage, targets[done:done + len(batch)]).cam.numpy()
+                for j, ex in enumerate(explanations):
+                    i = done + j
+                    now = _per_image(ex, names, None if cams is None else cams[j])
                     for n in names:
                         values[n].append(_similarity(originals[i][n], now[n]))
                     if examples and i == 0:
                         kept[mode][step.index] = {n: now[n][-1] for n in names}
-                del explainer  # it holds the randomised copy: free it before the next step builds another
+                done += len(batch)
+            del explainer  # it holds the randomised copy: free it before the next step builds another
             mean, std, count = {}, {}, {}
             for n in names:
                 v = np.array([x for x in values[n] if math.isfinite(x)])
