@@ -21,7 +21,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +225,7 @@ def _fingerprint(loaded: LoadedModel, data: StatsData, cfg: PreprocessConfig, la
     """What a checkpoint was made for, JSON-ready (as a checkpoint stores it, so the two compare equal)."""
     w = loaded.weights
     return json_ready({"model": loaded.name, "weights": None if w is None else w.sha256, "untrained": loaded.untrained,
-                       "data": data.digest(), "images": len(data.items), "preprocessing": _cfg_dict(cfg),
+                       "data": data.digest(), "images": len(data.items), "preprocessing": asdict(cfg),
                        "layout": layout.describe(), "batch_size": sh.batch_size, "world_size": sh.world_size,
                        "rank": sh.rank, "dtype": str(dtype).replace("torch.", ""),
                        "calibration_images": calibration_images})
@@ -371,7 +371,7 @@ def compute_stats(model: nn.Module | str | LoadedModel, data: str | os.PathLike[
                  "threads_per_rank": torch.get_num_threads(), "seconds": round(seconds, 3),
                  "images_per_second": round(fresh / seconds, 3) if seconds > 0 else None,
                  "resumed": ckpt is not None},
-            preprocessing=_cfg_dict(cfg),
+            preprocessing=asdict(cfg),
             calibration={"calibration_images": calib_sources,
                          "ranges": {f"{b}/{m}": [float(lo[layout.offsets[(b, m)]]), float(hi[layout.offsets[(b, m)]])]
                                     for (b, m) in layout.offsets},
@@ -398,12 +398,6 @@ def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if str(dtype) not in DTYPES:
         raise InvalidArgumentError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     return DTYPES[str(dtype)]
-
-
-def _cfg_dict(cfg: PreprocessConfig) -> dict[str, Any]:
-    from dataclasses import asdict, is_dataclass
-
-    return asdict(cfg) if is_dataclass(cfg) else {"config": repr(cfg)}
 
 
 def _out_dir(out: str | os.PathLike[str] | None) -> Path | None:
