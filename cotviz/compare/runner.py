@@ -200,10 +200,10 @@ def compare(specs: Sequence[str] | None = None, *, paper: str | None = None, ske
                 "warmup": warmup, "repeats": repeats, "order": "interleaved: every row once per round"}
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         if memory_check:
+            largest = max(int(x) for x in batches)
             for r in rows:
-                b = max(int(x) for x in batches)
-                check_forward_memory(r.complete.memory.forward_bytes * b // max(batch, 1), r.spec, size=size,
-                                     batch=b, device=dev)
+                check_forward_memory(r.complete.memory.forward_bytes * largest // max(batch, 1), r.spec, size=size,
+                                     batch=largest, device=dev)
         models = [_build(name, r.spec, meta=False).to(dev, memory_format=fmt).eval()  # type: ignore[call-overload]
                   for r in rows]  # built once, timed at every batch size
         with torch_threads(threads):
