@@ -21,6 +21,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from cotviz.analysis.attribution import warn_if_zero_residuals
+from cotviz.capture.records import attention_heads
 from cotviz.errors import InvalidArgumentError
 
 __all__ = ["attention_reshape_transform", "attention_to_channels", "cam_target"]
@@ -31,13 +32,12 @@ def attention_to_channels(attention: Tensor, groups: int = 1) -> Tensor:
 
     ``groups``: the layer's cardinality (1 for CoT, 2 for CoXt: rows 2i and 2i+1 are sample i's groups).
     Also takes the gradient of the tap (grad-cam reshapes activations and gradients alike). A view when the
-    tap is contiguous."""
+    tap is contiguous: :func:`cotviz.capture.attention_heads` (the heads layout), heads and taps flattened."""
     if attention.ndim != 6 or attention.shape[1] != 1:
         raise InvalidArgumentError(f"an attention tap is (B*groups, 1, maps, K*K, H, W), got {tuple(attention.shape)}")
-    bg, _, maps, kk, h, w = attention.shape
-    if groups < 1 or bg % groups:
-        raise InvalidArgumentError(f"groups={groups} does not divide the tap's batch dimension {bg}")
-    return attention.reshape(bg // groups, groups * maps * kk, h, w)  # (B, g*M*KK, H, W)
+    if groups < 1 or attention.shape[0] % groups:
+        raise InvalidArgumentError(f"groups={groups} does not divide the tap's batch dimension {attention.shape[0]}")
+    return attention_heads(attention, groups).flatten(1, 2)  # (B, g*M, KK, H, W) -> (B, g*M*KK, H, W)
 
 
 def attention_reshape_transform(layer: nn.Module | None = None, *, groups: int | None = None) -> Callable[[Tensor], Tensor]:
