@@ -352,9 +352,7 @@ class Explanation:
         cam_view = None
         if self.gradcam is not None:
             cam_view = GradCamView(self.gradcam.upsampled, self.gradcam.target, sel.stage)
-        notes = list(meta.notes)
-        if self.nonfinite:
-            notes.append(f"NON-FINITE values (NaN/Inf) in {', '.join(self.nonfinite)}: those cells are blank.")
+        notes = self._notes(meta)
         data = AttentionFigureData(
             display=self.image, maps={n: {b: self.maps[b][n] for b in shown} for n in sel.maps},
             strides={b: self.geometry[b].feature_stride for b in shown}, blocks=shown, model=meta.model_label,
@@ -362,6 +360,13 @@ class Explanation:
             source=Path(self.source).name if meta.input is not None and meta.input.path else self.source,
             crop_box=self.crop_box, original_size=self.original_size, gradcam=cam_view, point=point_view, notes=notes)
         return attention_figure(data, scale=scale, dpi=dpi)
+
+    def _notes(self, meta: Metadata) -> list[str]:
+        """The notes under a figure or page: the run's notes, then the non-finite maps, if any."""
+        notes = list(meta.notes)
+        if self.nonfinite:
+            notes.append(f"NON-FINITE values (NaN/Inf) in {', '.join(self.nonfinite)}: those cells are blank.")
+        return notes
 
     def default_base(self) -> str:
         """``<stem>_<model>_stage<N>``: the file base :meth:`save` uses unless told otherwise."""
@@ -433,8 +438,7 @@ class Explanation:
         if self.point is not None:
             initial["block"] = sel.block_names[-1]
             initial["cell"] = list(self.point.cells[sel.block_names[-1]])
-        notes = list(meta.notes) + ([f"NON-FINITE values (NaN/Inf) in {', '.join(self.nonfinite)}: those cells "
-                                     "are blank."] if self.nonfinite else [])
+        notes = self._notes(meta)
         return ExplorerData(image=self.image, blocks=blocks, maps=self.maps if sel.head is None else None,
                             cells=self.cells, map_names=sel.maps,
                             title=f"cotviz explore: {Path(self.source).name} · {meta.model_label} · stage {sel.stage}",
