@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cotviz.errors import InvalidArgumentError
-from cotviz.models.resnet import zero_residual_blocks
+from cotviz.models.resnet import Bottleneck, zero_residual_blocks
 
 __all__ = ["GradCamResult", "ZeroResidualWarning", "grad_cam", "warn_if_zero_residuals"]
 
@@ -69,8 +69,6 @@ def warn_if_zero_residuals(model: nn.Module, stage: int | None = None, *, block:
 
 def _bottlenecks(model: nn.Module) -> list[str]:
     """Module paths ``layer{S}.{i}`` of the bottlenecks of a cotviz network."""
-    from cotviz.models.resnet import Bottleneck
-
     return [n for n, m in model.named_modules() if isinstance(m, Bottleneck) and n[:5] == "layer" and n[5:6].isdigit()]
 
 
