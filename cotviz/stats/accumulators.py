@@ -266,24 +266,24 @@ class Accumulator:
         """An empty partial with this accumulator's series and bins, to fill with one batch."""
         return BatchPartial(self.lo, self.hi, self.bins)
 
+    def _absorb(self, other: Accumulator | BatchPartial) -> None:
+        """Counts and histograms summed, extremes by min / max (exact in any order; the moments go by the tree)."""
+        self.count += other.count
+        self.nonfinite += other.nonfinite
+        self.minimum = torch.minimum(self.minimum, other.minimum)
+        self.maximum = torch.maximum(self.maximum, other.maximum)
+        self.hist += other.hist
+
     def add(self, batch: int, partial: BatchPartial) -> None:
         """Add global batch number ``batch`` (the batch after the last one added)."""
-        self.count += partial.count
-        self.nonfinite += partial.nonfinite
-        self.minimum = torch.minimum(self.minimum, partial.minimum)
-        self.maximum = torch.maximum(self.maximum, partial.maximum)
-        self.hist += partial.hist
+        self._absorb(partial)
         self.tree.push(batch, 1, partial.moments)
 
     def merge(self, other: Accumulator) -> Accumulator:
         """A new accumulator of this run followed by ``other``'s (which starts where this one ends)."""
         self._check_compatible(other)
         out = self.copy()
-        out.count += other.count
-        out.nonfinite += other.nonfinite
-        out.minimum = torch.minimum(out.minimum, other.minimum)
-        out.maximum = torch.maximum(out.maximum, other.maximum)
-        out.hist += other.hist
+        out._absorb(other)
         out.tree.extend(other.tree)
         return out
 
