@@ -63,8 +63,8 @@ def register_timm() -> list[str]:
             target = TIMM_PREFIX + name
             if timm_models_api.is_model(target):  # taken by someone else: leave it alone
                 continue
-        timm_models.default_cfgs[target] = _timm_cfg(name)
-        fn = _entrypoint(name, target)
+        cfg = timm_models.default_cfgs[target] = _timm_cfg(name)
+        fn = _entrypoint(name, target, cfg["description"])
         setattr(timm_models, target, fn)
         timm_models_api.register_model(fn)
         _REGISTERED[name] = target
@@ -81,13 +81,13 @@ def _timm_cfg(name: str) -> dict[str, Any]:
     return cfg
 
 
-def _entrypoint(name: str, target: str) -> Any:
+def _entrypoint(name: str, target: str, description: str) -> Any:
     def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         return create_timm_model(name, pretrained=pretrained, **kwargs)
 
     entrypoint.__name__ = entrypoint.__qualname__ = target
     entrypoint.__module__ = timm_models.__name__
-    entrypoint.__doc__ = f"cotviz {name} (timm entrypoint): {_timm_cfg(name)['description']}"
+    entrypoint.__doc__ = f"cotviz {name} (timm entrypoint): {description}"
     return entrypoint
 
 
