@@ -6,7 +6,6 @@ A shell over :func:`cotviz.stats.compute_stats`: options, one library call, prin
 
 from __future__ import annotations
 
-import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -71,17 +70,6 @@ class _Bar:
             self.progress.stop()
 
 
-def _default_threads() -> int:
-    """CPUs per process: the usable CPUs shared by the processes of this node (torchrun's LOCAL_WORLD_SIZE)."""
-    from cotviz.resources import usable_cpus
-
-    try:
-        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        local = 1
-    return max(1, usable_cpus() // local)
-
-
 @handle_errors
 def stats(
     data: Annotated[str, typer.Argument(
@@ -139,7 +127,7 @@ def stats(
     `torchrun --nproc_per_node N -m cotviz stats ...`.
     """
     from cotviz.errors import InvalidArgumentError
-    from cotviz.resources import check_threads, torch_threads
+    from cotviz.resources import check_threads, torch_threads, usable_cpus
 
     check_threads(threads)
     names = parse_stat_names(maps)  # before anything heavy
@@ -152,7 +140,8 @@ def stats(
     world = world_from_env()
     bar = _Bar(enabled=not json_out and sys.stderr.isatty())
     try:
-        with torch_threads(threads or _default_threads()):
+        # default: the usable CPUs shared by the processes of this node (torchrun's LOCAL_WORLD_SIZE)
+        with torch_threads(threads or max(1, usable_cpus() // world.local_size)):
             result = compute_stats(model, data, weights=weights, num_classes=num_classes, stages=stages, maps=names,
                                    by_class=by_class, batch_size=batch_size, workers=workers, device=device.value,
                                    dtype=None if dtype is None else dtype.value, checkpoint_every=checkpoint_every,
