@@ -12,7 +12,6 @@ pass's logits) -> the typed result. Nothing is drawn or written here: ``Explanat
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import warnings
 from collections import deque
@@ -157,10 +156,7 @@ class Explainer:
                 raise InvalidArgumentError(f"{name} is in training mode: its maps would depend on the batch and "
                                            "explaining would change its BatchNorm statistics; call model.eval() first")
         self.selection: Selection = select(net, stage=stage, blocks=blocks, head=head, maps=maps, point=point,
-                                           model_name=name)
-        if cells and point is None:  # every cell's rollout composes blocks 1..max like a point's: select checks that
-            probe = select(net, stage=stage, blocks=blocks, head=head, maps=maps, point=(0, 0), model_name=name)
-            self.selection = dataclasses.replace(probe, point=None)
+                                           model_name=name, every_cell=cells)
         self.cells = cells
         classes = int(getattr(net, "num_classes", 0) or 0)
         if target is not None and classes and target >= classes:

@@ -84,8 +84,11 @@ class Selection:
 
 def select(model: nn.Module, *, stage: int = 3, blocks: Iterable[int] | None = None, head: int | None = None,
            maps: Iterable[str] | None = None, point: str | Sequence[int] | None = None,
-           model_name: str | None = None) -> Selection:
+           model_name: str | None = None, every_cell: bool = False) -> Selection:
     """Check ``stage``, ``blocks``, ``head``, ``maps`` and ``point`` against ``model``.
+
+    ``every_cell``: the rollout of every cell is wanted (the explorer): blocks 1..max(blocks) are captured with
+    their attention, as for a point.
 
     Raises:
         InvalidArgumentError: anything out of range (the message names the valid range).
@@ -99,7 +102,8 @@ def select(model: nn.Module, *, stage: int = 3, blocks: Iterable[int] | None = N
     stages = stage_range(model)
     if stage not in stages:
         raise InvalidArgumentError(f"stage {stage} out of range: {name} has stages {stages.start}..{stages.stop - 1}")
-    needed = taps_for(map_names, attention=xy is not None)
+    rolls_out = xy is not None or every_cell  # a rollout composes blocks 1..max(chosen)
+    needed = taps_for(map_names, attention=rolls_out)
     every = cot_blocks(model)
     networks = {b.name[: -len(f"stage{b.stage}.block{b.block}")] for b in every if b.stage}
     if len(networks) > 1:
@@ -138,7 +142,7 @@ def select(model: nn.Module, *, stage: int = 3, blocks: Iterable[int] | None = N
         raise InvalidArgumentError(f"head {head} out of range: stage {stage} of {name} has heads "
                                    f"0..{num_heads - 1} (C/8 attention maps per position)")
     capture_blocks = chosen
-    if xy is not None:
+    if rolls_out:
         attending = [b.block for b in infos if "attention" in b.taps]
         missing_blocks = [b for b in range(1, max(chosen) + 1) if b not in attending]
         if missing_blocks:
