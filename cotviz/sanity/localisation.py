@@ -37,7 +37,7 @@ from cotviz.io import expand_inputs
 from cotviz.io.outputs import json_text
 from cotviz.models.untrained import LoadedModel, describe_model, load_model
 from cotviz.sanity.randomize import SEED, Randomizer
-from cotviz.sanity.runner import GRADCAM, MASK_SUFFIX
+from cotviz.sanity.runner import GRADCAM, MASK_SUFFIX, finite_mean, summary
 
 __all__ = ["METRICS", "LocalisationResult", "baselines", "localisation", "localisation_note", "localisation_rows",
            "mask_path", "masked_inputs", "render_localisation"]
@@ -151,23 +151,16 @@ def localisation(networks: Mapping[str, nn.Module | LoadedModel], images: Iterab
                 for m in names:
                     blocks = [upsample_to(ex.maps[b][m], side) for b in ex.maps]
                     for k, fn in METRICS.items():
-                        vals = [fn(v, mask) for v in blocks]
-                        finite = [v for v in vals if math.isfinite(v)]
-                        per[m][k].append(float(np.mean(finite)) if finite else float("nan"))
+                        per[m][k].append(finite_mean(fn(v, mask) for v in blocks))
                 if gradcam:
                     assert ex.gradcam is not None
                     cam = upsample_to(ex.gradcam.cam, side)
                     for k, fn in METRICS.items():
                         per[GRADCAM][k].append(fn(cam, mask))
             result.values[label][stage] = {
-                m: {k: _summary(v) for k, v in per[m].items()} for m in result.maps}
+                m: {k: summary(v) for k, v in per[m].items()} for m in result.maps}
     result.area_share = float(np.mean(shares)) if shares else float("nan")
     return result
-
-
-def _summary(values: list[float]) -> tuple[float, float, int]:
-    v = np.array([x for x in values if math.isfinite(x)])
-    return (float(v.mean()), float(v.std()), len(v)) if len(v) else (float("nan"), float("nan"), 0)
 
 
 def localisation_rows(r: LocalisationResult) -> tuple[list[str], list[list[str]]]:

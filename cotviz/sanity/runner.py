@@ -133,11 +133,20 @@ def _per_image(ex: Explanation, maps: Sequence[str], cam: np.ndarray | None = No
     return out
 
 
+def summary(values: Iterable[float]) -> tuple[float, float, int]:
+    """``(mean, std, count)`` of the finite ``values`` (none: NaN, NaN, 0)."""
+    v = np.array([x for x in values if math.isfinite(x)])
+    return (float(v.mean()), float(v.std()), len(v)) if len(v) else (float("nan"), float("nan"), 0)
+
+
+def finite_mean(values: Iterable[float]) -> float:
+    """The mean of the finite ``values`` (none: NaN)."""
+    return summary(values)[0]
+
+
 def _similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Mean over blocks of the Spearman ρ of each block's map (NaN blocks left out; all NaN -> NaN)."""
-    values = [spearman(x, y) for x, y in zip(a, b, strict=True)]
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
+    return finite_mean(spearman(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _check_step(units: list[str], stage: int) -> int:
@@ -230,10 +239,7 @@ def sanity(model: nn.Module | LoadedModel, images: Any, *, stage: int = 3, maps:
             del explainer  # it holds the randomised copy: free it before the next step builds another
             mean, std, count = {}, {}, {}
             for n in names:
-                v = np.array([x for x in values[n] if math.isfinite(x)])
-                mean[n] = float(v.mean()) if len(v) else float("nan")
-                std[n] = float(v.std()) if len(v) else float("nan")
-                count[n] = int(len(v))
+                mean[n], std[n], count[n] = summary(values[n])
             rows.append(SanityStep(mode, step.index, step.unit, mean, std, count))
             del step
     check = _check_step(units, stage)
