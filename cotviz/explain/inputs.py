@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from cotviz.errors import ImageError, InvalidArgumentError
-from cotviz.io import LoadedImage, PreprocessConfig, load_image, preprocess
+from cotviz.io import PreprocessConfig, load_image, preprocess
 
 __all__ = ["ImageInput", "Prepared", "describe_source", "prepare"]
 
@@ -112,12 +112,15 @@ def prepare(image: ImageInput, cfg: PreprocessConfig, point: tuple[int, int] | N
             prep.uv = (x + 0.5, y + 0.5)
         return prep
     path: Path | None = None
-    loaded: LoadedImage | None = None
     fmt = mode = None
+    orientation = reduction = None
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         loaded = load_image(path, max_side=cfg.decode_side())
         pre = preprocess(loaded, cfg)
+        # keep the file's facts, not its decoded pixels
+        fmt, mode, orientation, reduction = loaded.format, loaded.source_mode, loaded.orientation, loaded.reduction
+        del loaded
     elif isinstance(image, Image.Image):
         fmt, mode = image.format, image.mode
         pre = preprocess(image, cfg)
@@ -129,11 +132,8 @@ def prepare(image: ImageInput, cfg: PreprocessConfig, point: tuple[int, int] | N
     else:
         raise ImageError(f"cannot explain a {type(image).__name__}: pass a path, a PIL.Image, an (H, W, 3) uint8 "
                          "array or a preprocessed (3, S, S) tensor")
-    prep = Prepared(source, path, pre.tensor, pre.display, pre.crop_box, pre.original_size, fmt, mode)
-    if loaded is not None:  # keep the file's facts, not its decoded pixels
-        prep.input_format, prep.input_mode = loaded.format, loaded.source_mode
-        prep.orientation, prep.reduction = loaded.orientation, loaded.reduction
-        del loaded
+    prep = Prepared(source, path, pre.tensor, pre.display, pre.crop_box, pre.original_size, fmt, mode, orientation,
+                    reduction)
     if point is not None:
         x, y = point
         w, h = pre.original_size
