@@ -100,10 +100,10 @@ def render_csv(c: Comparison) -> str:
 def render_markdown(c: Comparison) -> str:
     """A table a user can paste into a paper or README, with its notes."""
     head, rows = table_rows(c)
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(f"`{row[0]}`" if i == 0 else cell for i, cell in enumerate(row)) + " |"
-              for row in rows]
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in _notes(c)) + "\n"
+    from cotviz.io.outputs import markdown_table
+
+    table = markdown_table(head, [[f"`{row[0]}`", *row[1:]] for row in rows])
+    return table + "\n\n" + "\n".join(f"- {n}" for n in _notes(c)) + "\n"
 
 
 def render_table(c: Comparison, console: Any) -> None:

@@ -21,7 +21,7 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -38,6 +38,7 @@ __all__ = [
     "ensure_out_dir",
     "json_ready",
     "json_text",
+    "markdown_table",
     "output_bases",
     "save_figure",
     "write_json",
@@ -216,6 +217,16 @@ def json_ready(obj: Any) -> Any:
     if callable(tolist):
         return json_ready(tolist())
     return str(obj)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], *, left: int | None = None) -> str:
+    """A markdown (GFM) table, ``|`` in cells escaped; ``left``: the first ``left`` columns left-aligned and the
+    others right-aligned (default: no alignment marks). No trailing newline."""
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    marks = ["---"] * len(header) if left is None else ["---"] * left + ["---:"] * (len(header) - left)
+    return "\n".join([line(header), "|" + "|".join(marks) + "|", *(line(r) for r in rows)])
 
 
 def json_text(data: Any) -> str:

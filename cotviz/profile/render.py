@@ -191,12 +191,10 @@ def _overview(reports: Sequence[ProfileReport]) -> tuple[list[str], list[list[Ce
 # ------------------------------------------------------------------------------------------- markdown
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[Cell]]) -> str:
-    def esc(cell: Cell) -> str:  # counts exact, with thousands separators
-        return _int(cell) if isinstance(cell, int) else str(cell).replace("|", "\\|")
+    from cotviz.io.outputs import markdown_table
 
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    # counts exact, with thousands separators
+    return markdown_table(header, [[_int(c) if isinstance(c, int) else str(c) for c in row] for row in rows])
 
 
 def render_markdown(reports: Sequence[ProfileReport]) -> str:

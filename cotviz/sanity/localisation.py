@@ -34,7 +34,7 @@ from cotviz.analysis.sanity import pointing_game, relevance_mass_ratio, roc_auc,
 from cotviz.errors import ImageError, InvalidArgumentError
 from cotviz.explain import Explainer, Explanation
 from cotviz.io import expand_inputs
-from cotviz.io.outputs import json_text
+from cotviz.io.outputs import json_text, markdown_table
 from cotviz.models.untrained import LoadedModel, describe_model, load_model
 from cotviz.sanity.randomize import SEED, Randomizer
 from cotviz.sanity.runner import GRADCAM, MASK_SUFFIX, finite_mean, summary
@@ -196,9 +196,7 @@ def render_localisation(r: LocalisationResult, fmt: str) -> str:
                         v["count"]])
         return buf.getvalue()
     head, rows = localisation_rows(r)
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n\n" + localisation_note(r) + "\n"
+    return markdown_table(head, rows, left=2) + "\n\n" + localisation_note(r) + "\n"
 
 
 def _fmt(v: float) -> str:

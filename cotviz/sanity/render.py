@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from cotviz.io.outputs import json_text
+from cotviz.io.outputs import json_text, markdown_table
 from cotviz.sanity.runner import SanityResult, SanityStep
 
 __all__ = ["RENDERERS", "render_csv", "render_json", "render_markdown", "render_table", "sanity_figure"]
@@ -63,9 +63,7 @@ def render_csv(r: SanityResult) -> str:
 
 def render_markdown(r: SanityResult) -> str:
     head, rows = _rows(r)
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(r.maps)) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines + [""] + [f"- {n}" for n in _notes(r)]) + "\n"
+    return "\n".join([markdown_table(head, rows, left=3), ""] + [f"- {n}" for n in _notes(r)]) + "\n"
 
 
 def render_table(r: SanityResult, console: Any) -> None:
