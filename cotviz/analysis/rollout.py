@@ -69,6 +69,7 @@ __all__ = [
     "cell_at",
     "plan_stage",
     "stage_input_geometry",
+    "stage_plan",
     "stage_rollout",
     "to_input_pixels",
     "window_weights",
@@ -273,6 +274,17 @@ def stage_rollout(records: Sequence[Record], index: int, cell: tuple[int, int], 
         ``(m, stride)``: ``m`` (H0, W0) float64 on the stage-input grid (see the module docstring) and the
         stage-input stride in model-input pixels.
     """
+    steps, stride, _ = stage_plan(records, index)
+    return local_rollout(steps, cell, normalization=normalization), stride
+
+
+def stage_plan(records: Sequence[Record], index: int) -> tuple[list[Step], int, tuple[int, int]]:
+    """The rollout steps of image ``index`` through blocks 1..n of one stage (:func:`plan_stage` from records).
+
+    Returns:
+        ``(steps, stride, (H0, W0))``: the forward-ordered steps (one :class:`KernelStep` per record, in block
+        order), and the stage-input grid's stride in model-input pixels and size.
+    """
     if not records:
         raise ValueError("no records to roll out")
     stride, size = stage_input_geometry(records[0])
@@ -282,4 +294,4 @@ def stage_rollout(records: Sequence[Record], index: int, cell: tuple[int, int], 
         raise ValueError(f"{records[-1].name} has no kernel size")
     steps = plan_stage(attention, kernel_size=k, pooled_before={r.block: r.pooled_before for r in records},
                        blurred_after={r.block: r.blurred_after for r in records}, stage_input_size=size)
-    return local_rollout(steps, cell, normalization=normalization), stride
+    return steps, stride, size

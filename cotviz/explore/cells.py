@@ -9,6 +9,7 @@ same capture pass and stores the result as ``Explanation.cells``. Everything her
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from cotviz.analysis.maps import block_maps
-from cotviz.analysis.rollout import KernelStep, plan_stage, stage_input_geometry
+from cotviz.analysis.rollout import KernelStep, stage_plan
 from cotviz.capture.records import Record
 
 __all__ = ["CellData", "RolloutPlan", "cell_data"]
@@ -83,27 +84,21 @@ def cell_data(records: Sequence[Record], maps: Sequence[str], shown: Sequence[st
         shown: record names whose per-head maps are wanted (the drawn blocks).
     """
     batch_maps = {rec.name: _head_maps(rec, maps) for rec in records if rec.name in shown}  # once per batch
-    stride, grid = stage_input_geometry(records[0])
-    names = {rec.block: rec.name for rec in records}
-    k = int(records[-1].kernel_size or 3)
     out: list[CellData] = []
     for index in range(int(records[0].heads("attention").shape[0])):
         attention: dict[str, np.ndarray] = {}
-        by_block: dict[int, torch.Tensor] = {}
         for rec in records:
             heads = rec.heads("attention")[index]  # (M, K*K, H, W)
-            kb = int(rec.kernel_size or round(heads.shape[1] ** 0.5))
-            by_block[rec.block] = heads
+            kb = math.isqrt(int(heads.shape[1]))
             attention[rec.name] = heads.float().reshape(heads.shape[0], kb, kb, *heads.shape[2:]).cpu().numpy()
         head_maps = {b: {n: m[index].clone().numpy() for n, m in per_map.items()}  # own copy: no batch kept
                      for b, per_map in batch_maps.items()}
-        plan = plan_stage(by_block, kernel_size=k, pooled_before={r.block: r.pooled_before for r in records},
-                          blurred_after={r.block: r.blurred_after for r in records}, stage_input_size=grid)
+        plan, stride, grid = stage_plan(records, index)
         steps: list[Mapping[str, Any]] = []
-        kernel_blocks = iter(sorted(by_block))  # plan_stage gives one KernelStep per block, in block order
+        kernel_blocks = iter(sorted(records, key=lambda r: r.block))  # one KernelStep per block, in order
         for step in plan:
             if isinstance(step, KernelStep):
-                steps.append({"kind": "kernel", "block": names[next(kernel_blocks)]})
+                steps.append({"kind": "kernel", "block": next(kernel_blocks).name})
             else:
                 steps.append({"kind": step.kind, "in": list(step.in_size), "out": list(step.out_size)})
         out.append(CellData(attention, head_maps, RolloutPlan(tuple(steps), stride, grid)))
