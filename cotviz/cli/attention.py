@@ -75,8 +75,7 @@ def _run(images: list[str], *, out: Path, fmt: str, scale: str, dpi: int, batch_
          **request: Any) -> int:
     """List the inputs, build the explainer (validating the request), stream and save. Returns the exit code."""
     from cotviz.errors import ImageError, InvalidArgumentError
-    from cotviz.explain.loader import check_workers
-    from cotviz.explain.runner import check_batch_size
+    from cotviz.explain.loader import check_batch_size, check_workers
     from cotviz.io import expand_inputs
     from cotviz.io.outputs import ensure_out_dir
     from cotviz.resources import check_threads

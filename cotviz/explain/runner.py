@@ -53,7 +53,7 @@ from cotviz.models.untrained import (
 )
 from cotviz.resources import parse_device
 
-__all__ = ["Explainer", "UntrainedModelWarning", "check_batch_size", "explain", "explain_many", "preprocess_config"]
+__all__ = ["Explainer", "UntrainedModelWarning", "explain", "explain_many", "preprocess_config"]
 
 
 class UntrainedModelWarning(UserWarning):

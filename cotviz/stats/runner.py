@@ -31,10 +31,9 @@ from torch import nn
 from cotviz.capture import Record, capture, cot_blocks, stage_range
 from cotviz.errors import CheckpointError, ImageError, InvalidArgumentError
 from cotviz.explain.inputs import Prepared
-from cotviz.explain.loader import Failure, check_workers, default_workers, load_batches
+from cotviz.explain.loader import Failure, check_batch_size, check_workers, default_workers, load_batches
 from cotviz.explain.runner import (
     UntrainedModelWarning,
-    check_batch_size,
     preprocess_config,
     untrained_message,
 )
