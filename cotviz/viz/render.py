@@ -14,7 +14,6 @@ Vector output (SVG/PDF) never goes through here: ``savefig`` draws every artist.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 
@@ -27,7 +26,9 @@ from matplotlib.text import Text
 
 __all__ = ["mark_static", "render_rgba"]
 
-_STATIC: weakref.WeakKeyDictionary[Figure, tuple[Text, ...]] = weakref.WeakKeyDictionary()
+# The static texts live on their figure (an attribute), not in a module-level WeakKeyDictionary: its values
+# (texts, which reference their figure) would keep every key alive, so no figure would ever be freed.
+_STATIC_ATTR = "_cotviz_static_texts"
 _LAYERS: OrderedDict[Hashable, np.ndarray] = OrderedDict()  # key -> (H_px, W_px, 4) uint8, read-only
 _MAX_LAYERS = 4  # ~4 MB each at 1279 x 788 px
 _LOCK = threading.Lock()
@@ -39,7 +40,12 @@ def mark_static(fig: Figure, artists: Iterable[Text]) -> None:
 
     :func:`render_rgba` may take them from a layer drawn for an earlier figure with the same texts, places,
     styles, size and dpi."""
-    _STATIC[fig] = tuple(_STATIC.get(fig, ())) + tuple(artists)
+    setattr(fig, _STATIC_ATTR, _static_texts(fig) + tuple(artists))
+
+
+def _static_texts(fig: Figure) -> tuple[Text, ...]:
+    texts: tuple[Text, ...] = getattr(fig, _STATIC_ATTR, ())
+    return texts
 
 
 def _text_key(t: Text) -> Hashable:
@@ -73,7 +79,7 @@ def render_rgba(fig: Figure) -> np.ndarray:
     """Draw ``fig`` on its Agg canvas (static layer reused, see the module docstring); returns the canvas'
     (H_px, W_px, 4) uint8 RGBA buffer (a view: copy it before drawing the figure again)."""
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    texts = _STATIC.get(fig, ())
+    texts = _static_texts(fig)
     ok = bool(texts) and all(t in fig.texts if t.axes is None else (t in t.axes.texts and not t.axes.axison)
                              for t in texts)
     if not ok or fig.suppressComposite is not True:

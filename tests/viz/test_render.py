@@ -67,3 +67,17 @@ def test_title_lines_sit_where_one_multiline_text_puts_them() -> None:
     fig.text(0.5, 1.0 - 0.1 / fig.get_size_inches()[1], "\n".join(t.get_text() for t in lines), fontsize=8.0,
              ha="center", va="top")
     np.testing.assert_array_equal(split, full_draw(fig))
+
+
+def test_a_drawn_figure_with_static_texts_is_freed() -> None:
+    """Marking texts static must not keep the figure alive (a folder run draws one figure per image: a
+    registry holding them would grow without bound)."""
+    import gc
+    import weakref
+
+    fig = attention_figure(make_data(notes=("a note",)))
+    render_rgba(fig)
+    ref = weakref.ref(fig)
+    del fig
+    gc.collect()
+    assert ref() is None
