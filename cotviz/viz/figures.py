@@ -25,9 +25,9 @@ from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.text import Text
-from matplotlib.ticker import MaxNLocator
 
 from cotviz.analysis.maps import MAPS
+from cotviz.viz.colorbar import CanvasColorbar, canvas_colorbar
 from cotviz.viz.overlay import (
     Panel,
     as_panel,
@@ -234,30 +234,28 @@ def _block_label(name: str) -> str:
     return name.split(".")[-1].replace("block", "block ")
 
 
-def _row_colorbar(fig: Figure, cax: Axes, im: object, label: str) -> None:
-    cb = fig.colorbar(im, cax=cax)  # type: ignore[arg-type]
-    _opaque(cb)
-    cb.set_label(label, fontsize=_FONT)
-    cb.ax.tick_params(labelsize=_FONT)
-    cb.ax.yaxis.get_offset_text().set_fontsize(_FONT)
-
-
-def _inset_colorbar(fig: Figure, cax: Axes, im: object, label: str | None = None) -> None:
-    """A thin horizontal colour bar under a panel (per-panel scales and the left column)."""
-    cb = fig.colorbar(im, cax=cax, orientation="horizontal")  # type: ignore[arg-type]
-    _opaque(cb)
-    cb.ax.tick_params(labelsize=_FONT - 1, length=2, pad=1)
-    cb.ax.xaxis.get_offset_text().set_fontsize(_FONT - 1)
-    cb.locator = MaxNLocator(nbins=3)
-    cb.update_ticks()
-    if label:
-        cb.set_label(label, fontsize=_FONT - 1, labelpad=1)
-
-
 def _opaque(cb: Colorbar) -> None:
     """Colour bars show the colour map itself, not the translucent overlay colours."""
     if cb.solids is not None:
         cb.solids.set_alpha(1.0)
+
+
+def _norm(im: AxesImage) -> Normalize:
+    norm = im.norm
+    if not isinstance(norm, Normalize):
+        raise TypeError(f"a colour bar needs a Normalize, got {type(norm).__name__}")
+    return norm
+
+
+def _row_colorbar(ax: Axes, box: Box, im: AxesImage, label: str, gid: str) -> CanvasColorbar:
+    """A row's colour bar, right of its last panel, in the map's units."""
+    return canvas_colorbar(ax, box, im.get_cmap(), _norm(im), label=label, fontsize=_FONT, gid=gid)
+
+
+def _inset_colorbar(ax: Axes, box: Box, im: AxesImage, label: str | None, gid: str) -> CanvasColorbar:
+    """A thin horizontal colour bar under a panel (per-panel scales and the left column): at most 3 intervals."""
+    return canvas_colorbar(ax, box, im.get_cmap(), _norm(im), orientation="horizontal", label=label,
+                           fontsize=_FONT - 1, nbins=3, tick_length=2.0, pad=1.0, labelpad=1.0, gid=gid)
 
 
 def _wrap(segments: Sequence[str], width_in: float, fontsize: float, sep: str = " · ") -> list[str]:
@@ -334,7 +332,7 @@ class _Layout:
             h = p * kernel_aspect
             self.rows.append((y, h))
             y += h + gap_v
-        grid_bottom = y - gap_v
+        grid_bottom = y if per_panel else y - gap_v  # per panel, the last row has colour bars under it too
         self.left: list[tuple[float, float]] = []
         y = self.header
         for _ in range(n_left):
@@ -495,15 +493,15 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
                               alpha=0.5, interpolation="bilinear", gid="gradcam")
             _panel_title(canvas, box, f"Grad-CAM of class {data.gradcam.target}\n(layer{data.gradcam.stage}, "
                          "bilinear)", _FONT)
-            _inset_colorbar(fig, fig.add_axes(lay.rect(lay.under(box))), im, "ReLU(Σ_c α_c F_c), a.u.")
+            _inset_colorbar(canvas, lay.under(box), im, "ReLU(Σ_c α_c F_c), a.u.", "colorbar/gradcam")
         elif item == "rollout" and data.point is not None:
             draw_input(pan, bg, size=size, gid="background/rollout")
             im = draw_heatmap(pan, data.point.rollout, stride=data.point.rollout_stride, cmap="magma",
                               norm=shared_norm([data.point.rollout]), alpha=0.7, gid="rollout")
             _panel_title(canvas, box, f"local attention rollout from {_block_label(data.point.rollout_block)}\n"
                          f"(|A| per window, mean over heads)", _FONT)
-            _inset_colorbar(fig, fig.add_axes(lay.rect(lay.under(box))), im,
-                            f"share of the point's input per {data.point.rollout_stride} px cell")
+            _inset_colorbar(canvas, lay.under(box), im,
+                            f"share of the point's input per {data.point.rollout_stride} px cell", "colorbar/rollout")
         if uv is not None:
             mark_point(pan, *uv)
 
@@ -531,11 +529,12 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
             im = draw_heatmap(pan, heat, stride=data.strides[block], cmap=spec.cmap,
                               norm=shared_norm([heat]) if per_panel else norm, gid=f"map/{name}/{block}")
             if per_panel:
-                _inset_colorbar(fig, fig.add_axes(lay.rect(lay.under(box))), im, spec.units if c == 0 else None)
+                _inset_colorbar(canvas, lay.under(box), im, spec.units if c == 0 else None,
+                                f"colorbar/{name}/{block}")
             if uv is not None:
                 mark_point(pan, *uv, size=5)
         if not per_panel and im is not None:
-            _row_colorbar(fig, fig.add_axes(lay.rect(lay.cbar(r))), im, spec.units)
+            _row_colorbar(canvas, lay.cbar(r), im, spec.units, f"colorbar/{name}")
 
     # --- kernels at the point
     if data.point is not None and kernel_aspect is not None:
@@ -556,9 +555,9 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
                 per_row = min(k.shape[0], mosaic_columns(k.shape[0]))
                 _row_label(canvas, box, f"{k.shape[-1]}×{k.shape[-1]} kernels of\n{k.shape[0]} heads, {per_row}/row")
             if per_panel:
-                _inset_colorbar(fig, fig.add_axes(lay.rect(lay.under(box))), im)
+                _inset_colorbar(canvas, lay.under(box), im, None, f"colorbar/kernels/{block}")
         if not per_panel and im is not None:
-            _row_colorbar(fig, fig.add_axes(lay.rect(lay.cbar(r))), im, "A (signed)")
+            _row_colorbar(canvas, lay.cbar(r), im, "A (signed)", "colorbar/kernels")
     for i, note in enumerate(notes):
         mark_static(fig, [fig.text(lay.left_x / lay.width, 1.0 - (lay.notes_y + 0.16 * i) / lay.height, note,
                                    fontsize=_FONT - 0.5, color="0.3", ha="left", va="top")])

@@ -86,7 +86,10 @@ def test_shared_scale_one_colour_bar_per_row() -> None:
         lo = min(float(m.min()) for m in data.maps[name].values())
         hi = max(float(m.max()) for m in data.maps[name].values())
         assert norms.pop() == pytest.approx((lo, hi))
-    assert [ax.get_ylabel() for ax in fig.axes[1:]] == [MAPS[n].units for n in data.maps]  # one bar per row
+    assert sorted(images(fig, "colorbar/")) == sorted(f"colorbar/{n}" for n in data.maps)  # one bar per row
+    assert len(fig.axes) == 1  # the colour bars are drawn on the canvas, not in Axes of their own
+    canvas_texts = [t.get_text() for t in fig.axes[0].texts]
+    assert all(MAPS[n].units in canvas_texts for n in data.maps)
     labels = [t.get_text() for t in texts(fig)]
     assert any("nats" in t for t in labels) and any("RMS over channels of K1" in t for t in labels)
     title = " ".join(t.get_text() for t in fig.texts)  # one Text per title line
@@ -147,6 +150,15 @@ def test_shared_figure_with_point_and_gradcam_has_no_overlaps() -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("scale", ["shared", "per-panel"])
+def test_notes_clear_the_colour_bars_under_the_last_row(scale: str) -> None:
+    """Per panel, the kernel row has colour bars under it like every other row; the notes go below them."""
+    note = "a note as wide as the figure, " + "running under every column " * 6
+    fig = attention_figure(make_data(point=True, notes=(note,)), scale=scale)  # type: ignore[arg-type]
+    fig.canvas.draw()
+    assert not overlapping(fig)
 
 
 def test_kernel_mosaic_places_head_h_row_major() -> None:
