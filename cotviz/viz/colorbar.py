@@ -108,7 +108,7 @@ def canvas_colorbar(ax: Axes, box: Box, cmap: Colormap, norm: Normalize, *,
     colours = cmap(along[::-1, None] if vertical else along[None, :])  # (256, 1, 4) / (1, 256, 4) RGBA
     ramp = ax.imshow(colours, extent=(x, x + w, top + h, top), origin="upper", interpolation="nearest",
                      aspect="auto", zorder=3, gid=gid)
-    ax.add_patch(Rectangle((x, top), w, h, fill=False, linewidth=0.8, edgecolor="black", zorder=4))
+    ax.add_artist(Rectangle((x, top), w, h, fill=False, linewidth=0.8, edgecolor="black", zorder=4))  # limits fixed
     if nbins is None:
         length_pt = (h if vertical else w) / _PT
         nbins = int(np.clip(np.floor(length_pt / (fontsize * (2 if vertical else 3))), 1, 9))
