@@ -28,6 +28,7 @@ from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
@@ -71,17 +72,18 @@ def _ticks(norm: Normalize, nbins: int) -> tuple[np.ndarray, list[str], str]:
     return locs, labels, fmt.get_offset()
 
 
-def _width_in(fig: Figure, texts: list[Text]) -> float:
-    """Widest of ``texts`` in inches (their rendered extent, horizontal text only)."""
-    if not texts:
-        return 0.0
+def _size_in(fig: Figure, text: str, fontsize: float) -> tuple[float, float]:
+    """(width, height) of one line of plain ``text`` in the default font at ``fontsize``, inches (the renderer's
+    metrics, as ``Text`` lays it out; several times cheaper than a Text's window extent)."""
     renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg canvas
-    return max(t.get_window_extent(renderer).width for t in texts) / fig.dpi
+    w, h, _ = renderer.get_text_width_height_descent(text, FontProperties(size=fontsize), ismath=False)
+    return float(w) / fig.dpi, float(h) / fig.dpi
 
 
-def _height_in(fig: Figure, text: Text) -> float:
-    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
-    return float(text.get_window_extent(renderer).height) / fig.dpi
+def _line_height_in(fig: Figure, fontsize: float) -> float:
+    """Height of a one-line Text of digits at ``fontsize``, inches: at least that of "lp" (ascender to
+    descender), as ``Text`` sizes every line."""
+    return max(_size_in(fig, "lp", fontsize)[1], _size_in(fig, "0123456789.−e+", fontsize)[1])
 
 
 def canvas_colorbar(ax: Axes, box: Box, cmap: Colormap, norm: Normalize, *,
@@ -119,26 +121,27 @@ def canvas_colorbar(ax: Axes, box: Box, cmap: Colormap, norm: Normalize, *,
     if vertical:
         ys = top + h * (1.0 - frac)
         segs = [((x + w, y), (x + w + tick, y)) for y in ys]
-        tick_texts = [ax.text(x + w + gap, float(y), s, fontsize=fontsize, ha="left", va="center_baseline")
-                      for y, s in zip(ys, labels, strict=True)]
+        for y, s in zip(ys, labels, strict=True):
+            ax.text(x + w + gap, float(y), s, fontsize=fontsize, ha="left", va="center_baseline")
     else:
         xs = x + w * frac
         segs = [((xx, top + h), (xx, top + h + tick)) for xx in xs]
-        tick_texts = [ax.text(float(xx), top + h + gap, s, fontsize=fontsize, ha="center", va="top")
-                      for xx, s in zip(xs, labels, strict=True)]
+        for xx, s in zip(xs, labels, strict=True):
+            ax.text(float(xx), top + h + gap, s, fontsize=fontsize, ha="center", va="top")
     ax.add_collection(LineCollection(segs, colors="black", linewidths=0.8, zorder=4), autolim=False)
     label_text = None
     if vertical:
         if offset:  # above the bar, where matplotlib puts a y axis' offset text
             ax.text(x + w, top - 2 * _PT, offset, fontsize=fontsize, ha="left", va="bottom")
         if label:
-            lx = x + w + gap + _width_in(fig, tick_texts) + labelpad * _PT
+            widest = max((_size_in(fig, s, fontsize)[0] for s in labels), default=0.0)
+            lx = x + w + gap + widest + labelpad * _PT
             label_text = ax.text(lx, top + h / 2, label, fontsize=fontsize, rotation=90, ha="left", va="center")
     else:
-        below = top + h + gap + max((_height_in(fig, t) for t in tick_texts), default=0.0)
+        below = top + h + gap + (_line_height_in(fig, fontsize) if labels else 0.0)
         if offset:  # its own line under the tick labels, at the right end; the label goes under it
-            off = ax.text(x + w, below, offset, fontsize=fontsize, ha="right", va="top")
-            below += _height_in(fig, off)
+            ax.text(x + w, below, offset, fontsize=fontsize, ha="right", va="top")
+            below += _line_height_in(fig, fontsize)
         if label:
             label_text = ax.text(x + w / 2, below + labelpad * _PT, label, fontsize=fontsize, ha="center", va="top")
     return CanvasColorbar(tuple(float(v) for v in locs), tuple(labels), offset, ramp, label_text)
