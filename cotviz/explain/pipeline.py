@@ -26,6 +26,7 @@ import os
 import signal
 from collections import deque
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -199,14 +200,31 @@ def explain_and_save(explainer: Explainer, paths: Sequence[str | os.PathLike[str
 def _sequential(explainer: Explainer, items: list[Path], names: list[str], out: Path, fmt: str, scale: Scale,
                 dpi: float, batch_size: int) -> Iterator[Saved]:
     first = True
-    for ex, base in zip(explainer.stream(items, batch_size), names, strict=True):
-        if ex.error is not None:
-            yield Saved(ex, None)
-            continue
-        if not first:  # free the previous figure (a reference cycle) now, not at some later GC pass
-            gc.collect()
-        first = False
-        yield Saved(ex, ex.save(out, fmt, scale=scale, dpi=dpi, base=base))
+    with _frozen_heap():
+        for ex, base in zip(explainer.stream(items, batch_size), names, strict=True):
+            if ex.error is not None:
+                yield Saved(ex, None)
+                continue
+            if not first:  # free the previous figure (a reference cycle) now, not at some later GC pass
+                gc.collect()
+            first = False
+            yield Saved(ex, ex.save(out, fmt, scale=scale, dpi=dpi, base=base))
+
+
+@contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Within: every object alive on entry is frozen (``gc.freeze``), so the collection after each figure scans
+    only what the run allocated since -- ~7 instead of ~160 ms per image in a process that has imported torch
+    and matplotlib (~220k tracked objects). Unfrozen on exit. Nothing is done if objects are frozen already
+    (the console script freezes its start-up heap: :func:`cotviz.cli._common.settle_gc`)."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _pipelined(explainer: Explainer, items: list[Path], names: list[str], out: Path, fmt: str, scale: Scale,

@@ -114,3 +114,28 @@ def test_ctrl_c_leaves_complete_files_only_and_no_process(images: dict[str, Path
     while _session(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _session(proc.pid), "processes of the interrupted run are still alive"
+
+
+def test_saving_in_process_collects_only_what_the_run_allocates(tiny: nn.Module, images: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    """The heap alive before the run is frozen while it runs (the collection after each figure then skips it) and
+    given back afterwards, also when the caller stops early; a heap frozen by the caller is left as it is."""
+    import gc
+
+    explainer = Explainer(tiny, stage=2, preprocess={"size": 64})
+    assert gc.get_freeze_count() == 0
+    seen = [gc.get_freeze_count() for _ in explain_and_save(explainer, [images["a"], images["b"]], tmp_path / "o",
+                                                              batch_size=1)]
+    assert min(seen) > 0 and gc.get_freeze_count() == 0
+    run = explain_and_save(explainer, [images["a"], images["b"]], tmp_path / "p", batch_size=1)
+    next(run)
+    run.close()  # stopped early
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        seen = [gc.get_freeze_count() for _ in explain_and_save(explainer, [images["a"]], tmp_path / "q")]
+        # not frozen again (the count would grow) nor unfrozen (0); frozen objects that die leave the count
+        assert all(0 < n <= frozen for n in seen) and 0 < gc.get_freeze_count() <= frozen
+    finally:
+        gc.unfreeze()
