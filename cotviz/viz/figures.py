@@ -435,7 +435,8 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
     ``scale="shared"``: one colour scale per map type across the blocks (one colour bar per row, in the
     map's units); ``"per-panel"``: each panel scaled to its own range with its own colour bar.
 
-    Image panels are drawn on one canvas Axes (``fig.axes[0]``); colour bars are Axes of their own. Every
+    Image panels and colour bars are drawn on one canvas Axes (``fig.axes[0]``, the figure's only Axes; colour
+    bars by :func:`cotviz.viz.colorbar.canvas_colorbar`, ramp gids ``colorbar/...``). Every
     image artist has a gid (an element id in SVG): ``input``, ``map/<map>/<block>`` (heatmap),
     ``background/<map>/<block>``, ``gradcam``, ``rollout``, ``kernels/<block>``.
     """
