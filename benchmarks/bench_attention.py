@@ -280,12 +280,12 @@ def print_folder(run: FolderRun) -> None:
 
 def _folder(args: argparse.Namespace) -> None:
     """Folder throughput against the decode + forward + capture bound (in process), then through the CLI."""
-    from cotviz.explain.pipeline import default_save_workers
+    from cotviz.explain.pipeline import MIN_POOL_IMAGES, default_save_workers
 
     tmp = Path(tempfile.mkdtemp(prefix="cotviz-bench-folder-"))
     try:
         paths = make_folder(tmp / "photos", args.images)
-        workers = args.workers or default_save_workers(len(paths))
+        workers = args.workers or default_save_workers(max(len(paths), MIN_POOL_IMAGES))  # the CLI's pool
         print_folder(folder_throughput(paths, tmp, workers=workers, rounds=args.folder_rounds,
                                        threads=args.threads))
         if not args.no_cli:

@@ -251,12 +251,12 @@ def attention_section(s: Settings, device: Any) -> None:
     sys.path.insert(0, str(HERE))
     import bench_attention as ba
 
-    from cotviz.explain.pipeline import default_save_workers
+    from cotviz.explain.pipeline import MIN_POOL_IMAGES, default_save_workers
 
     tmp = Path(tempfile.mkdtemp(prefix="cotviz-gpu-check-"))
     try:
         paths = ba.make_folder(tmp / "photos", s.images)
-        workers = default_save_workers(len(paths))
+        workers = default_save_workers(max(len(paths), MIN_POOL_IMAGES))  # the CLI's pool for a large folder
         ba.print_folder(ba.folder_throughput(paths, tmp, workers=workers, rounds=s.rounds, device=str(device)))
         ba.print_folder_cli(ba.folder_cli(tmp / "photos", tmp, workers, s.rounds, device=device.type), len(paths))
     finally:

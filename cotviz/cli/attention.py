@@ -200,7 +200,7 @@ def attention(
         "--workers", metavar="N", help="Processes that draw and save figures (and one that decodes) while the "
                                        "next batch is computed; 0 = all in this process (the files are the "
                                        "same for the same --threads). Default: one per CPU, at most 4; 0 "
-                                       "below 8 images.",
+                                       "below 50 images.",
         show_default=False)] = None,
 ) -> None:
     """Heatmaps of one stage: CoT static context, dynamic attention and fused output, per block.

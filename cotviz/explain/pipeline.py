@@ -68,14 +68,16 @@ class Saved:
 
 
 #: Fewer images than this are saved in process by default: starting the pool (a forkserver importing torch,
-#: matplotlib and cotviz, ~2-3 s of CPU) costs about what drawing a handful of figures does.
-MIN_POOL_IMAGES = 8
+#: matplotlib and cotviz, ~2-3 s of CPU) costs what it saves over ~50 figures. Measured through the CLI on 2 CPUs
+#: (cotnet50, stage 3, ``benchmarks/bench_attention.py``): 40 images 13.5 s in process vs 13.9 s with 2 savers,
+#: 120 images 30.7 vs 26.9 s.
+MIN_POOL_IMAGES = 50
 
 
 def default_save_workers(n_images: int) -> int:
     """Saving processes for ``n_images``: 0 (save in process, nothing to start) below :data:`MIN_POOL_IMAGES`,
     else one per CPU this process may use, at most 4 and at most the number of images. Drawing and saving a
-    figure costs several times the CPU of computing its maps (cotnet50 stage 3: ~0.6 vs ~0.12 CPU s), so the
+    figure costs more CPU than computing its maps (cotnet50 stage 3: ~0.15 vs ~0.11 CPU s), so the
     savers get the CPUs and the model one thread (:func:`cotviz.explain.runner.default_threads`)."""
     from cotviz.resources import usable_cpus
 

@@ -139,3 +139,11 @@ def test_saving_in_process_collects_only_what_the_run_allocates(tiny: nn.Module,
         assert all(0 < n <= frozen for n in seen) and 0 < gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
+
+
+def test_small_folders_are_saved_in_process_by_default() -> None:
+    from cotviz.explain.pipeline import MIN_POOL_IMAGES, default_save_workers
+    from cotviz.resources import usable_cpus
+
+    assert default_save_workers(1) == default_save_workers(MIN_POOL_IMAGES - 1) == 0
+    assert default_save_workers(MIN_POOL_IMAGES) == default_save_workers(10_000) == max(1, min(usable_cpus(), 4))
