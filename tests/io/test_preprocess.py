@@ -261,7 +261,10 @@ def test_box_resampling_matches_resize_then_crop(
     literal = preprocess(image, cfg)  # ordinary sizes: the literal steps
     boxed = np.asarray(PRE._resample_box(image, literal.crop_box, size, cfg.interpolation)).astype(int)
     diff = np.abs(boxed - literal.display.astype(int))
-    assert diff.max() <= 2 and diff.mean() < 0.5  # measured over 300 cases: max 2, mean <= 0.24
+    assert diff.max() <= 2  # measured over 300 cases: max 2
+    # the mean is a statement about many pixels: a 1x1 output off by one level in two channels has mean 0.67
+    # (width=18, height=252, size=1, bilinear, seed=255, found by hypothesis)
+    assert size < 4 or diff.mean() < 0.5  # measured over 300 cases: mean <= 0.24
 
 
 @pytest.mark.parametrize(("width", "height"), [(20000, 300), (300, 20000)])
