@@ -156,7 +156,7 @@ def save_figure(fig: Figure, path: Path, fmt: str = "png", dpi: float | None = N
             import numpy as np
             from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-            from cotviz.io.png import write_png
+            from cotviz.io.png import encode_png
 
             if dpi is not None:
                 fig.set_dpi(dpi)
@@ -166,7 +166,7 @@ def save_figure(fig: Figure, path: Path, fmt: str = "png", dpi: float | None = N
                 canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
                 canvas.draw()
                 rgba = np.asarray(canvas.buffer_rgba())  # (H_px, W_px, 4) uint8
-            write_png(fh, _over_white(rgba), dpi=fig.dpi)
+            fh.write(encode_png(_over_white(rgba), dpi=fig.dpi))
             return
         fig.savefig(fh, format=fmt, dpi=dpi if dpi is not None else fig.dpi, metadata=metadata, facecolor="white")
 

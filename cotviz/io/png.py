@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import IO
 
 import numpy as np
 
-__all__ = ["encode_png", "write_png"]
+__all__ = ["encode_png"]
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _UP = 2  # PNG filter type "Up"
@@ -55,8 +54,3 @@ def encode_png(rgb: np.ndarray, dpi: float | None = None) -> bytes:
     parts.append(_chunk(b"IDAT", zlib.compress(_filtered(arr).data, _LEVEL)))
     parts.append(_chunk(b"IEND", b""))
     return b"".join(parts)
-
-
-def write_png(fh: IO[bytes], rgb: np.ndarray, dpi: float | None = None) -> None:
-    """Write :func:`encode_png` of ``rgb`` to ``fh``."""
-    fh.write(encode_png(rgb, dpi))

@@ -138,10 +138,11 @@ def canvas_colorbar(ax: Axes, box: Box, cmap: Colormap, norm: Normalize, *,
             lx = x + w + gap + widest + labelpad * _PT
             label_text = ax.text(lx, top + h / 2, label, fontsize=fontsize, rotation=90, ha="left", va="center")
     else:
-        below = top + h + gap + (_line_height_in(fig, fontsize) if labels else 0.0)
+        line = _line_height_in(fig, fontsize)
+        below = top + h + gap + (line if labels else 0.0)
         if offset:  # its own line under the tick labels, at the right end; the label goes under it
             ax.text(x + w, below, offset, fontsize=fontsize, ha="right", va="top")
-            below += _line_height_in(fig, fontsize)
+            below += line
         if label:
             label_text = ax.text(x + w / 2, below + labelpad * _PT, label, fontsize=fontsize, ha="center", va="top")
     return CanvasColorbar(tuple(float(v) for v in locs), tuple(labels), offset, ramp, label_text)

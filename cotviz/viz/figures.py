@@ -27,7 +27,7 @@ from matplotlib.image import AxesImage
 from matplotlib.text import Text
 
 from cotviz.analysis.maps import MAPS
-from cotviz.viz.colorbar import CanvasColorbar, canvas_colorbar
+from cotviz.viz.colorbar import Box, CanvasColorbar, canvas_colorbar
 from cotviz.viz.overlay import (
     Panel,
     as_panel,
@@ -55,7 +55,6 @@ __all__ = [
 ]
 
 Scale = Literal["shared", "per-panel"]
-Box = tuple[float, float, float, float]  # (x, top, width, height) in inches from the figure's top left
 
 _FONT = 7.0  # pt, panel text
 _TITLE = 8.0  # pt, column titles
@@ -341,11 +340,6 @@ class _Layout:
         left_bottom = y - 0.82 + (0.45 if n_left > 1 else 0.0)
         self.notes_y = max(grid_bottom, left_bottom) + 0.12
         self.height = self.notes_y + 0.16 * n_notes + 0.1
-
-    def rect(self, box: Box) -> tuple[float, float, float, float]:
-        """Figure-fraction rectangle (left, bottom, width, height) of a box ``(x, top, w, h)`` in inches."""
-        x, top, w, h = box
-        return (x / self.width, 1.0 - (top + h) / self.height, w / self.width, h / self.height)
 
     def block(self, row: int, col: int) -> Box:
         top, h = self.rows[row]
