@@ -6,12 +6,14 @@ names, labels, units and formulas. The formulas are written to the JSON metadata
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["DEFAULT_MAPS", "MAP_INFO", "MapInfo"]
+from cotviz.errors import InvalidArgumentError
+
+__all__ = ["DEFAULT_MAPS", "MAP_INFO", "MapInfo", "pick_names"]
 
 
 @dataclass(frozen=True)
@@ -84,3 +86,18 @@ _INFO: tuple[MapInfo, ...] = (
 MAP_INFO: Mapping[str, MapInfo] = MappingProxyType({m.name: m for m in _INFO})
 #: Maps drawn when ``--map`` is not given.
 DEFAULT_MAPS: tuple[str, ...] = ("attention_entropy", "static_energy", "dynamic_energy", "dynamic_share")
+
+
+def pick_names(items: Iterable[str], known: Mapping[str, Any], default: tuple[str, ...]) -> tuple[str, ...]:
+    """``items`` validated against the registry ``known`` and de-duplicated in its order (``default`` when empty).
+
+    Raises:
+        InvalidArgumentError: a name ``known`` does not have (the message lists the valid ones).
+    """
+    chosen = list(items)
+    if not chosen:
+        return default
+    for n in chosen:
+        if n not in known:
+            raise InvalidArgumentError(f"unknown map {n!r}; choose from {', '.join(known)}")
+    return tuple(n for n in known if n in chosen)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from cotviz.analysis import stats
-from cotviz.analysis.catalog import DEFAULT_MAPS, MAP_INFO, MapInfo
+from cotviz.analysis.catalog import DEFAULT_MAPS, MAP_INFO, MapInfo, pick_names
 from cotviz.capture.records import TAP_NAMES, Record
 from cotviz.errors import CaptureError, InvalidArgumentError
 
@@ -141,13 +141,7 @@ MAPS: Mapping[str, MapSpec] = MappingProxyType({n: MapSpec(**vars(info), compute
 
 def parse_map_names(names: Iterable[str] | None) -> tuple[str, ...]:
     """Validated, de-duplicated map names in registry order (None or empty: :data:`DEFAULT_MAPS`)."""
-    items = list(names or ())
-    if not items:
-        return DEFAULT_MAPS
-    for n in items:
-        if n not in MAPS:
-            raise InvalidArgumentError(f"unknown map {n!r}; choose from {', '.join(MAPS)}")
-    return tuple(n for n in MAPS if n in items)
+    return pick_names(names or (), MAPS, DEFAULT_MAPS)
 
 
 def taps_for(names: Iterable[str], *, attention: bool = False) -> tuple[str, ...]:

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from cotviz.analysis.catalog import MAP_INFO
-from cotviz.errors import InvalidArgumentError
+from cotviz.analysis.catalog import MAP_INFO, pick_names
 
 __all__ = ["DEFAULT_STATS", "STAT_INFO", "StatInfo", "parse_stat_names"]
 
@@ -79,10 +78,5 @@ DEFAULT_STATS: tuple[str, ...] = tuple(STAT_INFO)
 
 def parse_stat_names(names: Iterable[str] | None) -> tuple[str, ...]:
     """Validated names in catalog order (comma-separated entries allowed; None or empty: :data:`DEFAULT_STATS`)."""
-    items = [p.strip() for n in (names or ()) for p in str(n).split(",") if p.strip()]
-    if not items:
-        return DEFAULT_STATS
-    for n in items:
-        if n not in STAT_INFO:
-            raise InvalidArgumentError(f"unknown map {n!r}; choose from {', '.join(STAT_INFO)}")
-    return tuple(n for n in STAT_INFO if n in items)
+    return pick_names((p.strip() for n in (names or ()) for p in str(n).split(",") if p.strip()), STAT_INFO,
+                      DEFAULT_STATS)
