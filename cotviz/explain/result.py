@@ -335,8 +335,11 @@ class Explanation:
 
     # -------------------------------------------------------------------------------------------- figures
 
-    def figure(self, scale: Scale = "shared", dpi: float = 100) -> Figure:
-        """The ``cotviz attention`` figure (object-oriented matplotlib, no pyplot state); the caller saves it."""
+    def figure(self, scale: Scale = "shared", dpi: float = 100, *, raster: bool = False) -> Figure:
+        """The ``cotviz attention`` figure (object-oriented matplotlib, no pyplot state); the caller saves it.
+
+        ``raster=True`` composes the map panels into one image per row for PNG output at ``dpi`` (what :meth:`save`
+        does for PNG; see :func:`cotviz.viz.attention_figure`); keep the default for SVG/PDF or another dpi."""
         from cotviz.viz import AttentionFigureData, GradCamView, PointView, attention_figure
 
         meta = self._require()
@@ -359,7 +362,7 @@ class Explanation:
             weights=meta.weights_label, stage=sel.stage, head=sel.head, num_heads=sel.num_heads,
             source=Path(self.source).name if meta.input is not None and meta.input.path else self.source,
             crop_box=self.crop_box, original_size=self.original_size, gradcam=cam_view, point=point_view, notes=notes)
-        return attention_figure(data, scale=scale, dpi=dpi)
+        return attention_figure(data, scale=scale, dpi=dpi, raster=raster)
 
     def _notes(self, meta: Metadata) -> list[str]:
         """The notes under a figure or page: the run's notes, then the non-finite maps, if any."""
@@ -391,7 +394,7 @@ class Explanation:
             raise InvalidArgumentError(f"unknown figure format {format!r}; choose one of "
                                        f"{', '.join(f.value for f in FigureFormat)}") from None
         out = OutputPaths(ensure_out_dir(out_dir), base or self.default_base(), fmt)
-        fig = self.figure(scale=scale, dpi=dpi)
+        fig = self.figure(scale=scale, dpi=dpi, raster=fmt == "png")  # PNG: map panels composed, one image per row
         save_figure(fig, out.figure, fmt, dpi=dpi, render=render_rgba)  # PNG: static titles/labels drawn once
         del fig  # no fig.clear(): clearing ~30 axes costs 0.3 s; the reference cycle goes at the next collection
         write_npz(out.npz, self.arrays())

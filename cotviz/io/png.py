@@ -33,11 +33,11 @@ def _filtered(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 (any strides, e.g. a view of RGBA) -> (H, 1 + 3 W) uint8 rows, each ``[2, row - row above]``
     (modulo 256; the row above the first is zero)."""
     h, w, _ = rgb.shape
+    rows = np.ascontiguousarray(rgb).reshape(h, 3 * w)  # one gather first: subtracting strided views is ~3x slower
     out = np.empty((h, 1 + 3 * w), dtype=np.uint8)
     out[:, 0] = _UP
-    body = out[:, 1:].reshape(h, w, 3)
-    body[0] = rgb[0]
-    np.subtract(rgb[1:], rgb[:-1], out=body[1:])  # uint8 arithmetic wraps modulo 256, as the filter asks
+    out[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=out[1:, 1:])  # uint8 arithmetic wraps modulo 256, as the filter asks
     return out
 
 

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colorbar import Colorbar
-from matplotlib.colors import Normalize, TwoSlopeNorm
+from matplotlib.colors import Colormap, Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.text import Text
@@ -38,6 +39,7 @@ from cotviz.viz.overlay import (
     mark_point,
     new_figure,
 )
+from cotviz.viz.raster import PanelRow, PixelBox, panel_background, pixel_box
 from cotviz.viz.render import mark_static
 
 __all__ = [
@@ -246,15 +248,16 @@ def _norm(im: AxesImage) -> Normalize:
     return norm
 
 
-def _row_colorbar(ax: Axes, box: Box, im: AxesImage, label: str, gid: str) -> CanvasColorbar:
+def _row_colorbar(ax: Axes, box: Box, cmap: Colormap, norm: Normalize, label: str, gid: str) -> CanvasColorbar:
     """A row's colour bar, right of its last panel, in the map's units."""
-    return canvas_colorbar(ax, box, im.get_cmap(), _norm(im), label=label, fontsize=_FONT, gid=gid)
+    return canvas_colorbar(ax, box, cmap, norm, label=label, fontsize=_FONT, gid=gid)
 
 
-def _inset_colorbar(ax: Axes, box: Box, im: AxesImage, label: str | None, gid: str) -> CanvasColorbar:
+def _inset_colorbar(ax: Axes, box: Box, cmap: Colormap, norm: Normalize, label: str | None,
+                    gid: str) -> CanvasColorbar:
     """A thin horizontal colour bar under a panel (per-panel scales and the left column): at most 3 intervals."""
-    return canvas_colorbar(ax, box, im.get_cmap(), _norm(im), orientation="horizontal", label=label,
-                           fontsize=_FONT - 1, nbins=3, tick_length=2.0, pad=1.0, labelpad=1.0, gid=gid)
+    return canvas_colorbar(ax, box, cmap, norm, orientation="horizontal", label=label, fontsize=_FONT - 1, nbins=3,
+                           tick_length=2.0, pad=1.0, labelpad=1.0, gid=gid)
 
 
 def _wrap(segments: Sequence[str], width_in: float, fontsize: float, sep: str = " · ") -> list[str]:
@@ -423,7 +426,8 @@ def _row_label(ax: Axes, box: Box, text: str) -> None:
                         multialignment="center"))
 
 
-def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi: float = 100) -> Figure:
+def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi: float = 100,
+                     raster: bool = False) -> Figure:
     """The figure of one image (see the module docstring); returns the Figure (Agg canvas attached).
 
     ``scale="shared"``: one colour scale per map type across the blocks (one colour bar per row, in the
@@ -433,6 +437,12 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
     bars by :func:`cotviz.viz.colorbar.canvas_colorbar`, ramp gids ``colorbar/...``). Every
     image artist has a gid (an element id in SVG): ``input``, ``map/<map>/<block>`` (heatmap),
     ``background/<map>/<block>``, ``gradcam``, ``rollout``, ``kernels/<block>``.
+
+    ``raster=True`` (for PNG at this ``dpi``; :meth:`cotviz.explain.Explanation.save` uses it): each row of map
+    panels is composed in numpy (:mod:`cotviz.viz.raster`) and drawn as one pixel-aligned image ``map/<map>``
+    instead of two images per panel -- the same picture (colours within one level of 255), about a third
+    cheaper to build and draw. Drawn at another dpi or saved as SVG/PDF it is resampled, so keep the default
+    there.
     """
     if scale not in ("shared", "per-panel"):
         raise ValueError(f"scale must be 'shared' or 'per-panel', got {scale!r}")
@@ -488,24 +498,33 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
                               alpha=0.5, interpolation="bilinear", gid="gradcam")
             _panel_title(canvas, box, f"Grad-CAM of class {data.gradcam.target}\n(layer{data.gradcam.stage}, "
                          "bilinear)", _FONT)
-            _inset_colorbar(canvas, lay.under(box), im, "ReLU(Σ_c α_c F_c), a.u.", "colorbar/gradcam")
+            _inset_colorbar(canvas, lay.under(box), im.get_cmap(), _norm(im), "ReLU(Σ_c α_c F_c), a.u.", "colorbar/gradcam")
         elif item == "rollout" and data.point is not None:
             draw_input(pan, bg, size=size, gid="background/rollout")
             im = draw_heatmap(pan, data.point.rollout, stride=data.point.rollout_stride, cmap="magma",
                               norm=shared_norm([data.point.rollout]), alpha=0.7, gid="rollout")
             _panel_title(canvas, box, f"local attention rollout from {_block_label(data.point.rollout_block)}\n"
                          f"(|A| per window, mean over heads)", _FONT)
-            _inset_colorbar(canvas, lay.under(box), im,
+            _inset_colorbar(canvas, lay.under(box), im.get_cmap(), _norm(im),
                             f"share of the point's input per {data.point.rollout_stride} px cell", "colorbar/rollout")
         if uv is not None:
             mark_point(pan, *uv)
 
-    # --- map rows
+    # --- map rows: per panel, the dimmed input and the heatmap over it (raster: composed, one image per row)
+    greys: dict[tuple[tuple[int, int], float], np.ndarray] = {}
+
+    def grey(box: PixelBox, dim: float) -> np.ndarray:
+        shape = (box[3] - box[1], box[2] - box[0])
+        if (shape, dim) not in greys:
+            greys[shape, dim] = panel_background(display, shape, dim=dim)
+        return greys[shape, dim]
+
     for r, name in enumerate(names):
         spec = MAPS[name]
         row = data.maps[name]
+        cmap = colormaps[spec.cmap]
         norm = None if per_panel else shared_norm([row[b] for b in blocks if b in row])
-        im = None
+        pixels = PanelRow([pixel_box(lay.block(r, c), dpi) for c in range(len(blocks))]) if raster and blocks else None
         for c, block in enumerate(blocks):
             box = lay.block(r, c)
             pan = panel(box)
@@ -513,23 +532,33 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
                 _panel_title(canvas, box, _block_label(block), _TITLE)
             if c == 0:
                 _row_label(canvas, box, _wrap_label(spec.label))
-            if block not in row:
-                dark = background(display, gray=True, dim=0.5, max_side=side_px)  # rare: a block without CoT
-                draw_input(pan, dark, size=size, gid=f"background/{name}/{block}")
+            if block not in row:  # rare: a block without CoT
+                if pixels is not None:
+                    pixels.paint(pixel_box(box, dpi), grey(pixel_box(box, dpi), 0.5))
+                else:
+                    dark = background(display, gray=True, dim=0.5, max_side=side_px)
+                    draw_input(pan, dark, size=size, gid=f"background/{name}/{block}")
                 canvas.text(box[0] + box[2] / 2, box[1] + box[3] / 2, "no CoT layer", ha="center", va="center",
                             fontsize=_FONT, color="white")
                 continue
-            draw_input(pan, bg, size=size, gid=f"background/{name}/{block}")
             heat = np.asarray(row[block])
-            im = draw_heatmap(pan, heat, stride=data.strides[block], cmap=spec.cmap,
-                              norm=shared_norm([heat]) if per_panel else norm, gid=f"map/{name}/{block}")
+            block_norm = shared_norm([heat]) if norm is None else norm
+            if pixels is not None:
+                pixels.paint(pixel_box(box, dpi), grey(pixel_box(box, dpi), 0.9), heat, stride=data.strides[block],
+                             input_size=size, cmap=cmap, norm=block_norm)
+            else:
+                draw_input(pan, bg, size=size, gid=f"background/{name}/{block}")
+                draw_heatmap(pan, heat, stride=data.strides[block], cmap=cmap, norm=block_norm,
+                             gid=f"map/{name}/{block}")
             if per_panel:
-                _inset_colorbar(canvas, lay.under(box), im, spec.units if c == 0 else None,
+                _inset_colorbar(canvas, lay.under(box), cmap, block_norm, spec.units if c == 0 else None,
                                 f"colorbar/{name}/{block}")
             if uv is not None:
                 mark_point(pan, *uv, size=5)
-        if not per_panel and im is not None:
-            _row_colorbar(canvas, lay.cbar(r), im, spec.units, f"colorbar/{name}")
+        if pixels is not None:
+            pixels.draw(canvas, dpi, gid=f"map/{name}")
+        if norm is not None and any(b in row for b in blocks):
+            _row_colorbar(canvas, lay.cbar(r), cmap, norm, spec.units, f"colorbar/{name}")
 
     # --- kernels at the point
     if data.point is not None and kernel_aspect is not None:
@@ -550,9 +579,9 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
                 per_row = min(k.shape[0], mosaic_columns(k.shape[0]))
                 _row_label(canvas, box, f"{k.shape[-1]}×{k.shape[-1]} kernels of\n{k.shape[0]} heads, {per_row}/row")
             if per_panel:
-                _inset_colorbar(canvas, lay.under(box), im, None, f"colorbar/kernels/{block}")
+                _inset_colorbar(canvas, lay.under(box), im.get_cmap(), _norm(im), None, f"colorbar/kernels/{block}")
         if not per_panel and im is not None:
-            _row_colorbar(canvas, lay.cbar(r), im, "A (signed)", "colorbar/kernels")
+            _row_colorbar(canvas, lay.cbar(r), im.get_cmap(), _norm(im), "A (signed)", "colorbar/kernels")
     for i, note in enumerate(notes):
         mark_static(fig, [fig.text(lay.left_x / lay.width, 1.0 - (lay.notes_y + 0.16 * i) / lay.height, note,
                                    fontsize=_FONT - 0.5, color="0.3", ha="left", va="top")])

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
-from matplotlib.colors import Normalize
+from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
@@ -203,7 +203,7 @@ def draw_input(target: Axes | Panel, image: np.ndarray, *, gray: bool = False, d
     return panel.place(im)
 
 
-def draw_heatmap(target: Axes | Panel, heat: np.ndarray, *, stride: float, cmap: str = "inferno",
+def draw_heatmap(target: Axes | Panel, heat: np.ndarray, *, stride: float, cmap: str | Colormap = "inferno",
                  norm: Normalize | None = None, alpha: float = 0.65, interpolation: str = "nearest",
                  input_size: Sequence[int] | None = None, **kwargs: Any) -> AxesImage:
     """Draw an (h, w) map with :func:`cell_extent` (cell (i, j) over its pixels) on top of what ``target`` shows.
