@@ -1,8 +1,9 @@
 """cotnet50 vs resnet50 forward latency on this machine: eager, folded and compiled, measured side by side.
 
 Same skeleton, same threads, same input. For every batch size, all configurations -- each model x
-preparation (``eager``; ``folded`` = :func:`cotviz.prepare_for_inference` on both; ``compiled`` =
-``torch.compile`` of the folded models, opt-in with ``--compile``) x memory format (NCHW, channels-last) --
+preparation (``eager``; ``folded`` = :func:`cotviz.prepare_for_inference` on both: BatchNorms folded, 1x1
+convolutions through oneDNN; ``compiled`` = ``torch.compile`` of the folded models, opt-in with ``--compile``) x
+memory format (NCHW, channels-last) --
 run interleaved, round after round (A, B, C, ... A, B, C, ...), and the medians are compared, so machine
 noise hits all of them alike. The ratio of a preparation compares each model in its best memory format
 (``best``) and, for reference, both in each format. Prints tables; nothing is asserted.
