@@ -34,6 +34,8 @@ from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
+from cotviz.viz.text import text_size_px
+
 __all__ = ["CanvasColorbar", "canvas_colorbar"]
 
 Box = tuple[float, float, float, float]  # (x, top, width, height) in inches from the figure's top left
@@ -74,10 +76,9 @@ def _ticks(norm: Normalize, nbins: int) -> tuple[np.ndarray, list[str], str]:
 
 def _size_in(fig: Figure, text: str, fontsize: float) -> tuple[float, float]:
     """(width, height) of one line of plain ``text`` in the default font at ``fontsize``, inches (the renderer's
-    metrics, as ``Text`` lays it out; several times cheaper than a Text's window extent)."""
-    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg canvas
-    w, h, _ = renderer.get_text_width_height_descent(text, FontProperties(size=fontsize), ismath=False)
-    return float(w) / fig.dpi, float(h) / fig.dpi
+    metrics, as ``Text`` lays it out, cached across figures; several times cheaper than a Text's window extent)."""
+    w, h, _ = text_size_px(fig, text, FontProperties(size=fontsize))
+    return w / fig.dpi, h / fig.dpi
 
 
 def _line_height_in(fig: Figure, fontsize: float) -> float:

@@ -41,6 +41,7 @@ from cotviz.viz.overlay import (
 )
 from cotviz.viz.raster import PanelRow, PixelBox, panel_background, pixel_box
 from cotviz.viz.render import mark_static
+from cotviz.viz.text import text_size_px
 
 __all__ = [
     "AttentionFigureData",
@@ -403,11 +404,10 @@ def _line_tops(fig: Figure, lines: Sequence[str], fontsize: float) -> list[float
         if m is not None:
             min_a, min_d, gap = (m[up] / em * fontsize, -m[down] / em * fontsize, m[g] / em * fontsize)
             break
-    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg (new_figure): metrics in pixels
     to_pt = 72.0 / fig.dpi
     tops, y = [], gap / 2
     for line in lines:
-        _, h, d = renderer.get_text_width_height_descent(line, prop, ismath=False)
+        _, h, d = text_size_px(fig, line, prop)  # pixels
         a_pt, d_pt = max((h - d) * to_pt, min_a), max(d * to_pt, min_d)
         tops.append(y)
         y += a_pt + d_pt + gap
