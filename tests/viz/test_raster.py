@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 from matplotlib.colors import ListedColormap, Normalize
 
+from cotviz.io.outputs import save_figure
 from cotviz.viz import AttentionFigureData, attention_figure
-from cotviz.viz.raster import PanelRow, panel_background, pixel_box
+from cotviz.viz.raster import DeviceImage, PanelRow, panel_background, pixel_box
 from cotviz.viz.render import render_rgba
 
 from .test_figures import BLOCKS, images, make_data
@@ -134,3 +136,35 @@ def test_every_row_pixel_lands_on_one_device_pixel(dpi: int) -> None:
         inside[:, :3] = inside[:, -3:] = False
         assert inside.sum() > 0.6 * (px[..., 3] == 255).sum()  # most of every panel is compared
         np.testing.assert_array_equal(region[inside], px[inside])
+
+
+def test_rows_are_drawn_as_they_are_at_their_dpi_and_resampled_elsewhere(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    """At the dpi the rows were composed for, no resampling runs for them; at another dpi, or in SVG, they are
+    resampled like any image and still show the same picture."""
+    data = at_224(make_data())
+    fig = attention_figure(data, raster=True, dpi=100)
+    rows = list(images(fig, "map/").values())
+    assert rows and all(isinstance(im, DeviceImage) for im in rows)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("resampled")
+
+    monkeypatch.setattr(DeviceImage, "_make_image", refuse)
+    at_100 = np.array(render_rgba(fig))
+    fig.set_dpi(150)
+    with pytest.raises(AssertionError, match="resampled"):
+        render_rgba(fig)
+    monkeypatch.undo()
+    at_150 = np.array(render_rgba(fig))
+    left, _, _, top = rows[0].get_extent()
+
+    def first_panel_centre(px: np.ndarray, dpi: int) -> np.ndarray:
+        """Mean RGB of the middle square inch of the row's first panel (1.5 in wide)."""
+        cx, cy = int((left + 0.75) * dpi), int((top + 0.75) * dpi)
+        return px[cy - dpi // 2:cy + dpi // 2, cx - dpi // 2:cx + dpi // 2, :3].astype(np.float64).mean(axis=(0, 1))
+
+    assert np.abs(first_panel_centre(at_150, 150) - first_panel_centre(at_100, 100)).max() < 4.0
+    save_figure(attention_figure(data, raster=True), tmp_path / "fig.svg", "svg")
+    svg = (tmp_path / "fig.svg").read_text()
+    assert all(f'id="map/{n}"' in svg for n in data.maps)
