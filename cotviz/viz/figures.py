@@ -527,6 +527,7 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
         pixels = PanelRow([pixel_box(lay.block(r, c), dpi) for c in range(len(blocks))]) if raster and blocks else None
         for c, block in enumerate(blocks):
             box = lay.block(r, c)
+            pbox = pixel_box(box, dpi)
             pan = panel(box)
             if r == 0:
                 _panel_title(canvas, box, _block_label(block), _TITLE)
@@ -534,7 +535,7 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
                 _row_label(canvas, box, _wrap_label(spec.label))
             if block not in row:  # rare: a block without CoT
                 if pixels is not None:
-                    pixels.paint(pixel_box(box, dpi), grey(pixel_box(box, dpi), 0.5))
+                    pixels.paint(pbox, grey(pbox, 0.5))
                 else:
                     dark = background(display, gray=True, dim=0.5, max_side=side_px)
                     draw_input(pan, dark, size=size, gid=f"background/{name}/{block}")
@@ -544,8 +545,8 @@ def attention_figure(data: AttentionFigureData, *, scale: Scale = "shared", dpi:
             heat = np.asarray(row[block])
             block_norm = shared_norm([heat]) if norm is None else norm
             if pixels is not None:
-                pixels.paint(pixel_box(box, dpi), grey(pixel_box(box, dpi), 0.9), heat, stride=data.strides[block],
-                             input_size=size, cmap=cmap, norm=block_norm)
+                pixels.paint(pbox, grey(pbox, 0.9), heat, stride=data.strides[block], input_size=size, cmap=cmap,
+                             norm=block_norm)
             else:
                 draw_input(pan, bg, size=size, gid=f"background/{name}/{block}")
                 draw_heatmap(pan, heat, stride=data.strides[block], cmap=cmap, norm=block_norm,

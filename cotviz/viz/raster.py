@@ -26,7 +26,7 @@ from matplotlib.colors import Colormap, Normalize
 from matplotlib.image import AxesImage
 from matplotlib.transforms import IdentityTransform
 
-from cotviz.viz.overlay import to_grayscale
+from cotviz.viz.overlay import background
 
 __all__ = ["DeviceImage", "PanelRow", "PixelBox", "panel_background", "pixel_box"]
 
@@ -49,20 +49,12 @@ def _centres(n_px: int, extent: float, step: float, n: int) -> np.ndarray:
 def panel_background(image: np.ndarray, shape: tuple[int, int], *, dim: float) -> np.ndarray:
     """(S_h, S_w, 3) uint8 model input -> (ph, pw) float32 grey in [0, 1] at a panel's device size ``shape``.
 
-    Area-averaged (PIL box filter) where the panel is smaller than the input, nearest where it is larger; luma as
-    :func:`cotviz.viz.overlay.to_grayscale`, times ``dim``, quantised as matplotlib's ``gray`` colour map does."""
-    from PIL import Image
-
-    arr = np.asarray(image, dtype=np.uint8)
-    sh, sw = arr.shape[:2]
+    :func:`cotviz.viz.overlay.background` (luma, dimmed, area-averaged down to the panel's longer side), each device
+    pixel showing the input pixel under its centre, quantised as matplotlib's ``gray`` colour map does."""
     ph, pw = shape
-    small = (min(sw, pw), min(sh, ph))
-    if small != (sw, sh):
-        arr = np.asarray(Image.fromarray(arr).resize(small, Image.Resampling.BOX))
-    luma = np.clip(to_grayscale(arr) * dim, 0.0, 1.0)
-    rows = _centres(ph, float(arr.shape[0]), 1.0, arr.shape[0])
-    cols = _centres(pw, float(arr.shape[1]), 1.0, arr.shape[1])
-    grey = luma[rows][:, cols]
+    luma = background(image, gray=True, dim=dim, max_side=max(ph, pw))  # (h, w) float32
+    grey = luma[_centres(ph, float(luma.shape[0]), 1.0, luma.shape[0])][:, _centres(pw, float(luma.shape[1]), 1.0,
+                                                                                    luma.shape[1])]
     return np.minimum(np.floor(grey * 256.0), 255.0).astype(np.float32) / 255.0  # the gray LUT's 256 levels
 
 
